@@ -1,0 +1,119 @@
+"""What every prompt learner shares: prompt text assembly, the frozen backbone, logits."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from dapt_core.backbones import Backbone
+from dapt_core.encoders import encode_text_embeddings, normalize
+
+
+class PromptError(ValueError):
+    """A class list or prompt configuration the learner cannot use."""
+
+
+def clean_classnames(names: list[str]) -> list[str]:
+    """Strips and validates free-text class names; underscores read as spaces, as in CoOp's data sets."""
+    cleaned = [" ".join(str(n).replace("_", " ").split()) for n in names]
+    if len(cleaned) < 2:
+        raise PromptError(f"need at least two class names, got {len(cleaned)}")
+    if any(not n for n in cleaned):
+        raise PromptError("class names must not be empty")
+    dupes = sorted({n for n in cleaned if cleaned.count(n) > 1})
+    if dupes:
+        raise PromptError(f"duplicate class names: {', '.join(dupes)}")
+    return cleaned
+
+
+def count_tokens(backbone: Backbone, words: str) -> int:
+    """Number of BPE tokens of ``words`` without start/end tokens."""
+    tokens = backbone.tokenizer([words])[0]
+    return int((tokens != 0).sum()) - 2
+
+
+class PromptLearner(nn.Module):
+    """Learnable prompts around a frozen CLIP.
+
+    A prompt is ``[SOS] <prefix words> <class words>. [EOS]`` where the first ``n_ctx`` prefix tokens are
+    replaced by learned vectors. The backbone is held as a plain attribute, so ``state_dict()`` holds only
+    the learned tensors.
+    """
+
+    kind: ClassVar[str] = ""
+    n_visual_prompts: int = 0  # extra tokens appended to the image token sequence (MaPLe)
+
+    def __init__(self, backbone: Backbone, classnames: list[str], n_ctx: int, prefix: str) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.n_ctx = n_ctx
+        self.prefix = prefix
+        self.set_classnames(classnames)
+
+    @property
+    def device(self) -> torch.device:
+        return self.backbone.device
+
+    @property
+    def classnames(self) -> list[str]:
+        return list(self._classnames)
+
+    def set_classnames(self, names: list[str]) -> None:
+        """Switches the class list (e.g. base to novel classes); learned context is kept."""
+        self._classnames = clean_classnames(names)
+        self.register_buffer("class_tokens", self._tokenize_prompts([f"{n}." for n in self._classnames]),
+                             persistent=False)
+
+    def _tokenize_prompts(self, suffixes: list[str]) -> torch.Tensor:
+        """(N, L) token ids of ``prefix + suffix`` for each suffix."""
+        tokens = self.backbone.tokenize([f"{self.prefix} {s}" for s in suffixes])
+        too_long = (tokens[:, -1] != 0).nonzero().flatten().tolist()
+        if too_long:
+            raise PromptError(f"prompt too long for the text encoder: {suffixes[too_long[0]]!r}")
+        return tokens
+
+    def _embed_with_context(self, tokens: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        """(N, L, D) embeddings with positions 1..n_ctx replaced by ``ctx`` ((n_ctx, D) or (N, n_ctx, D))."""
+        with torch.no_grad():
+            frozen = self.backbone.model.token_embedding(tokens)
+        ctx = ctx.expand(tokens.shape[0], -1, -1) if ctx.dim() == 2 else ctx
+        return torch.cat([frozen[:, :1], ctx.to(frozen.dtype), frozen[:, 1 + self.n_ctx:]], dim=1)
+
+    def _encode_prompts(self, tokens: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        """Normalised text features (N, E) for prompts with the given context."""
+        embeddings = self._embed_with_context(tokens, ctx)
+        return normalize(encode_text_embeddings(self.backbone.model, embeddings, tokens,
+                                                self.deep_text_prompts(), self.n_ctx))
+
+    def deep_text_prompts(self) -> list[torch.Tensor] | None:
+        """Per-layer text prompts (MaPLe); None for shallow learners."""
+        return None
+
+    def text_features(self) -> torch.Tensor:
+        """(C, E) normalised features of the class prompts."""
+        raise NotImplementedError
+
+    def prompt_text_features(self, suffixes: list[str]) -> torch.Tensor:
+        """(K, E) normalised features of extra prompts sharing the learned context (DAPT's background
+        prompts); they never enter the class logits."""
+        raise NotImplementedError
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, E) normalised image features of (B, 3, H, W) normalised images."""
+        raise NotImplementedError
+
+    def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """(B, C) scaled cosine similarities."""
+        return self.backbone.logit_scale * image_features @ text_features.t()
+
+    def forward(self, images: torch.Tensor, text_features: torch.Tensor | None = None) -> torch.Tensor:
+        """Class logits (B, C); pass precomputed ``text_features`` to skip the text encoder."""
+        if text_features is None:
+            text_features = self.text_features()
+        return self.logits(self.encode_image(images), text_features)
+
+    def config(self) -> dict:
+        """The learner's settings, stored in prompt checkpoints."""
+        return {"learner": self.kind, "n_ctx": self.n_ctx, "prefix": self.prefix}
