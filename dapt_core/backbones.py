@@ -8,6 +8,7 @@ that says where the file comes from. Any other open_clip pair can be named as ``
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 open_clip.add_model_config(paths.MODEL_CONFIG_DIR)
 
 OPENCLIP_PREFIX = "openclip:"
+RANDOM_INIT_SEED = 0  # weights of backbones without a weight file
 
 
 class BackboneError(ValueError):
@@ -108,6 +110,9 @@ class Backbone:
     std: tuple[float, float, float]
     weights_path: Path | None = None
     extra: dict = field(default_factory=dict)  # free-form facts shown in the UI (e.g. the model card)
+    # Forward hooks (Grad-CAM) see every forward through a module, whichever thread runs it; code that hooks
+    # or runs the shared model holds this lock so two callers never see each other's activations.
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     @property
     def name(self) -> str:
@@ -205,8 +210,12 @@ def load_backbone(name: str = "ViT-B-16", *, weights_path: str | Path | None = N
     elif spec.pretrained is not None:
         resolved = _resolve_openclip_tag(spec, download)
 
-    model = open_clip.create_model(spec.model_name, pretrained=str(resolved) if resolved else None,
-                                   device=device)
+    # random-init backbones are seeded so that a name always means the same weights: a prompt set trained
+    # on "tiny-vit" in one process still fits "tiny-vit" in the next
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        model = open_clip.create_model(spec.model_name, pretrained=str(resolved) if resolved else None,
+                                       device=device)
     _check_architecture(model, name)
     model.eval().requires_grad_(False)
     pp = open_clip.get_model_preprocess_cfg(model)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import ClassVar
 
 import torch
@@ -114,6 +115,6 @@ class PromptLearner(nn.Module):
             text_features = self.text_features()
         return self.logits(self.encode_image(images), text_features)
 
-    def config(self) -> dict:
-        """The learner's settings, stored in prompt checkpoints."""
-        return {"learner": self.kind, "n_ctx": self.n_ctx, "prefix": self.prefix}
+    def options(self) -> dict:
+        """The learner's config as keyword options of ``build_learner``; stored in prompt checkpoints."""
+        return asdict(self.cfg)

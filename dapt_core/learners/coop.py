@@ -68,6 +68,3 @@ class CoOp(PromptLearner):
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return nn.functional.normalize(self.backbone.visual(images), dim=-1)
-
-    def config(self) -> dict:
-        return {**super().config(), "ctx_init": self.cfg.ctx_init, "class_specific": self.cfg.class_specific}

@@ -78,9 +78,6 @@ class MaPLe(PromptLearner):
         first, deep = self.visual_prompts()
         return normalize(encode_image_prompted(self.backbone.visual, images, first, deep))
 
-    def config(self) -> dict:
-        return {**super().config(), "depth": self.cfg.depth}
-
 
 def _copy_linear(layer: nn.Linear) -> nn.Linear:
     clone = nn.Linear(layer.in_features, layer.out_features, device=layer.weight.device)

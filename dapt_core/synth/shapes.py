@@ -59,7 +59,9 @@ def _polygon(points: list[tuple[float, float]] | np.ndarray) -> np.ndarray:
     return arr / np.linalg.norm(arr, axis=1).max()
 
 
-def _regular(n: int, radius: float = 1.0, phase: float = -np.pi / 2, centre: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+def _regular(
+    n: int, radius: float = 1.0, phase: float = -np.pi / 2, centre: tuple[float, float] = (0.0, 0.0)
+) -> np.ndarray:
     """Vertices of a regular n-gon; the default phase puts one vertex straight up."""
     t = phase + 2.0 * np.pi * np.arange(n) / n
     return np.stack([centre[0] + radius * np.cos(t), centre[1] + radius * np.sin(t)], axis=1)

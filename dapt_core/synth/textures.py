@@ -41,8 +41,11 @@ def _upsample(small: np.ndarray, size: int) -> np.ndarray:
 
 
 def _smooth(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
-    """Value noise in [0, 1] with about `cells` blobs per side, (size, size) float32."""
-    return _upsample(rng.random((cells, cells), dtype=_F32), size)
+    """Value noise in about [0, 1] with `cells` blobs per side, (size, size) float32.
+
+    Bicubic rather than bilinear: bilinear leaves diamond-shaped facets on coarse grids.
+    """
+    return cv2.resize(rng.random((cells, cells), dtype=_F32), (size, size), interpolation=cv2.INTER_CUBIC)
 
 
 def _mix(dark: np.ndarray, light: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -73,7 +76,7 @@ def sky(size: int, rng: np.random.Generator) -> np.ndarray:
 def water(size: int, rng: np.random.Generator) -> np.ndarray:
     """Blue water with bands of wavy crests and bright glints on their tops."""
     rows, cols = _grid(size)
-    k_row, k_col = rng.uniform(8.0, 14.0, size=2) * _F32(2.0 * np.pi / size)
+    k_row, k_col = rng.uniform(5.0, 9.0, size=2) * _F32(2.0 * np.pi / size)
     phase_row, phase_col = rng.uniform(0.0, 2.0 * np.pi, size=2)
     wave = np.sin(rows * k_row + _F32(1.8) * np.sin(cols * k_col * _F32(0.5) + phase_col) + phase_row)
     t = 0.5 + 0.4 * wave + 0.2 * (_smooth(rng, size, 6) - 0.5)
@@ -120,11 +123,14 @@ def wall(size: int, rng: np.random.Generator) -> np.ndarray:
 def tree(size: int, rng: np.random.Generator) -> np.ndarray:
     """Dark mottled foliage around a brown, vertically grained trunk."""
     t = 0.55 * _smooth(rng, size, 7) + 0.45 * _smooth(rng, size, max(2, size // 4))
-    image = _mix(_rgb(15, 45, 15), _rgb(85, 135, 45), t ** 1.5)
+    # Bicubic noise overshoots [0, 1] a little; clip before the power, which darkens the shadows.
+    image = _mix(_rgb(15, 45, 15), _rgb(85, 135, 45), np.clip(t, 0.0, 1.0) ** 1.5)
     _, cols = _grid(size)
     centre, half = rng.uniform(0.2, 0.8) * size, rng.uniform(0.07, 0.12) * size
     trunk = np.abs(cols[0] - centre) < half  # (size,) columns of the trunk
-    grain = _upsample(rng.random((3, int(trunk.sum()) or 1), dtype=_F32), size)[:, : int(trunk.sum())]
+    width = int(trunk.sum())
+    # Few rows, many columns: the bark grain runs along the trunk.
+    grain = cv2.resize(rng.random((3, width), dtype=_F32), (width, size), interpolation=cv2.INTER_LINEAR)
     image[:, trunk] = _mix(_rgb(70, 45, 25), _rgb(120, 85, 50), grain)
     return _to_uint8(image)
 
@@ -132,7 +138,7 @@ def tree(size: int, rng: np.random.Generator) -> np.ndarray:
 def rock(size: int, rng: np.random.Generator) -> np.ndarray:
     """Grey stone: several octaves of blotches with dark cracks where a noise field crosses its middle."""
     t = 0.5 * _smooth(rng, size, 4) + 0.3 * _smooth(rng, size, 10) + 0.2 * rng.random((size, size), dtype=_F32)
-    image = _mix(_rgb(85, 83, 80), _rgb(175, 170, 162), t)
+    image = _mix(_rgb(70, 68, 66), _rgb(190, 185, 176), np.clip((t - 0.5) * 1.6 + 0.5, 0.0, 1.0))
     crack_field = _smooth(rng, size, 5)
     image[np.abs(crack_field - 0.5) < 0.025] = _rgb(45, 43, 42)
     return _to_uint8(image)
@@ -185,7 +191,7 @@ def railway(size: int, rng: np.random.Generator) -> np.ndarray:
     sleeper = ((rows + rng.uniform(0, period)) % period) < 0.4 * period  # (size, 1)
     centre, gauge = rng.uniform(0.4, 0.6) * size, rng.uniform(0.2, 0.3) * size
     bed = np.abs(cols - centre) < 0.5 * gauge + 0.12 * size  # (1, size)
-    image[sleeper[:, 0][:, None] & bed] = _rgb(100, 65, 35)
+    image[sleeper & bed] = _rgb(100, 65, 35)
     rail_half = max(0.6, size / 64.0)
     rails = (np.abs(cols - (centre - gauge / 2)) < rail_half) | (np.abs(cols - (centre + gauge / 2)) < rail_half)
     image[np.broadcast_to(rails, (size, size))] = _rgb(200, 200, 210)

@@ -1,0 +1,227 @@
+"""Prompt checkpoints: one ``.safetensors`` file per prompt set, JSON metadata inside, written atomically.
+
+Official CoOp and MaPLe/DAPT checkpoints (Dassl ``.pth.tar``) are imported into this format; they are read
+with ``weights_only=True``, so no pickled code is ever run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from dapt_core.backbones import Backbone
+from dapt_core.learners import build_learner
+from dapt_core.learners.base import PromptLearner
+from dapt_core.objective import DaptConfig
+
+log = logging.getLogger(__name__)
+
+FORMAT = "dapt-prompts"
+FORMAT_VERSION = 1
+METADATA_KEY = "dapt_core"
+
+
+class CheckpointError(ValueError):
+    """A prompt checkpoint that is unreadable, of another format, or made for another backbone."""
+
+
+@dataclass
+class PromptSetInfo:
+    """What a prompt checkpoint says about itself (no tensors)."""
+
+    path: Path
+    meta: dict
+
+    @property
+    def name(self) -> str:
+        return self.meta.get("name") or self.path.stem
+
+    @property
+    def label(self) -> str:
+        """Short human description, e.g. ``"CoOp + DAPT (mask)"``."""
+        learner = {"coop": "CoOp", "maple": "MaPLe"}.get(self.meta["learner"], self.meta["learner"])
+        dapt = self.meta.get("dapt") or {}
+        return f"{learner} + DAPT ({dapt['cue']})" if dapt.get("cue", "off") != "off" else learner
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_prompt_set(learner: PromptLearner, path: str | Path, *, dapt: DaptConfig | None = None,
+                    train_config: dict | None = None, metrics: dict | None = None, name: str | None = None) -> Path:
+    """Writes the learner's prompts and metadata to ``path`` (temporary file, then rename)."""
+    path = Path(path)
+    backbone = learner.backbone
+    meta = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": name or path.stem,
+        "learner": learner.kind,
+        "learner_options": learner.options(),
+        "dapt": asdict(dapt) if dapt is not None else None,
+        "backbone": backbone.name,
+        "model": backbone.spec.model_name,
+        "pretrained": backbone.pretrained,
+        "text_width": backbone.text_width,
+        "vision_width": backbone.vision_width,
+        "classnames": learner.classnames,
+        "train": train_config or {},
+        "metrics": metrics or {},
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    tensors = {k: v.detach().cpu().contiguous() for k, v in learner.state_dict().items()}
+    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(meta)}))
+    log.info("saved prompt set %s (%s, %d classes)", path, learner.kind, len(learner.classnames))
+    return path
+
+
+def read_info(path: str | Path) -> PromptSetInfo:
+    """Reads only the metadata of a prompt checkpoint."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"{path.name}: prompt sets are .safetensors files; import official .pth.tar "
+                              "checkpoints with `python -m dapt_core import-official`")
+    if not path.is_file():
+        raise CheckpointError(f"prompt checkpoint {path} does not exist")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            raw = (f.metadata() or {}).get(METADATA_KEY)
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path.name} is not a readable safetensors file: {err}") from err
+    if raw is None:
+        raise CheckpointError(f"{path.name} has no DAPT prompt metadata; it is not a prompt set of this tool")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path.name}: its metadata is not valid JSON ({err})") from err
+    if meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{path.name}: format {meta.get('format')!r} version {meta.get('format_version')} "
+                              f"is not {FORMAT!r} version <= {FORMAT_VERSION}")
+    return PromptSetInfo(path, meta)
+
+
+def check_compatible(meta: dict, backbone: Backbone, source: str = "prompt set") -> None:
+    """Refuses a prompt set made for another backbone, naming both."""
+    theirs = (meta.get("model"), meta.get("pretrained"))
+    ours = (backbone.spec.model_name, backbone.pretrained)
+    same = theirs == ours and (ours[1] is not None or meta.get("backbone") == backbone.name)
+    if not same or meta.get("text_width", backbone.text_width) != backbone.text_width:
+        raise CheckpointError(
+            f"{source} was made for backbone {meta.get('backbone')!r} ({theirs[0]}, weights "
+            f"{theirs[1] or 'random'}), but the loaded backbone is {backbone.name!r} ({ours[0]}, weights "
+            f"{ours[1] or 'random'}); load it with the backbone it was trained on")
+
+
+def load_prompt_set(path: str | Path, backbone: Backbone, classnames: list[str] | None = None) -> PromptLearner:
+    """Rebuilds a learner from a prompt checkpoint onto ``backbone``.
+
+    Args:
+        classnames: another class list to use instead of the stored one (the learned context is kept).
+
+    Raises:
+        CheckpointError: unreadable file, wrong format, other backbone, or tensors that do not fit.
+    """
+    info = read_info(path)
+    meta = info.meta
+    check_compatible(meta, backbone, f"prompt set {info.path.name}")
+    learner = build_learner(meta["learner"], backbone, meta["classnames"], **meta["learner_options"])
+    tensors = load_file(str(info.path), device=str(backbone.device))
+    expected = learner.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
+    if missing or unexpected or wrong:
+        raise CheckpointError(f"{info.path.name} does not fit a {meta['learner']} learner on {backbone.name}: "
+                              f"missing {missing}, unexpected {unexpected}, wrong shape {wrong}")
+    learner.load_state_dict(tensors)
+    if classnames is not None:
+        learner.set_classnames(classnames)
+    learner.info = info
+    return learner
+
+
+def list_prompt_sets(folder: str | Path, backbone: Backbone | None = None) -> list[PromptSetInfo]:
+    """Prompt checkpoints in a folder (sorted by name); with a backbone, only those that fit it."""
+    found = []
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            info = read_info(path)
+            if backbone is not None:
+                check_compatible(info.meta, backbone)
+        except CheckpointError:
+            continue
+        found.append(info)
+    return found
+
+
+# --- official checkpoints ---------------------------------------------------------------------------------
+
+OFFICIAL_PREFIX = "prompt_learner."
+DROPPED_OFFICIAL_KEYS = ("token_prefix", "token_suffix")  # frozen token embeddings, rebuilt here
+
+
+def import_official(src: str | Path, backbone: Backbone, classnames: list[str], out: str | Path, *,
+                    learner: str | None = None, ctx_init: str | None = None, dapt: DaptConfig | None = None,
+                    name: str | None = None) -> Path:
+    """Converts an official CoOp or MaPLe/DAPT Dassl checkpoint into a prompt set.
+
+    Args:
+        src: ``model.pth.tar-N`` from the official code (loaded with ``weights_only=True``).
+        classnames: the class list, in label order (the official files do not store it).
+        learner: ``coop`` or ``maple``; detected from the keys when None.
+        ctx_init: the prompt words the context replaced (MaPLe: "a photo of a" by default).
+        dapt: the DAPT settings it was trained with, when known (recorded in the metadata).
+    """
+    from dapt_core.weights import safe_torch_load
+
+    raw = safe_torch_load(src)
+    state = raw.get("state_dict", raw) if isinstance(raw, dict) else None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{Path(src).name} holds no state_dict")
+    if any(k.startswith(OFFICIAL_PREFIX) for k in state):
+        # a whole CustomCLIP state dict: everything outside the prompt learner is the frozen CLIP
+        state = {k[len(OFFICIAL_PREFIX):]: v for k, v in state.items() if k.startswith(OFFICIAL_PREFIX)}
+    state = {k: v for k, v in state.items() if k not in DROPPED_OFFICIAL_KEYS}
+    if "ctx" not in state:
+        raise CheckpointError(f"{Path(src).name} has no prompt context 'ctx'; keys: {sorted(state)[:8]}")
+    kind = learner or ("maple" if any(k.startswith("compound_prompts_text") for k in state) else "coop")
+    ctx = state["ctx"]
+    if kind == "maple":
+        depth = 1 + sum(k.startswith("compound_prompts_text.") for k in state)
+        options = {"n_ctx": ctx.shape[0], "depth": depth, "ctx_init": ctx_init or "a photo of a"}
+    else:
+        options = {"n_ctx": ctx.shape[-2], "class_specific": ctx.dim() == 3}
+        if ctx_init:
+            options["ctx_init"] = ctx_init
+    if ctx.shape[-1] != backbone.text_width:
+        raise CheckpointError(f"{Path(src).name} has context width {ctx.shape[-1]}, the text width of "
+                              f"{backbone.name} is {backbone.text_width}")
+    model = build_learner(kind, backbone, classnames, **options)
+    expected = model.state_dict()
+    if set(state) != set(expected):
+        raise CheckpointError(f"{Path(src).name} does not look like an official {kind} checkpoint: "
+                              f"missing {sorted(set(expected) - set(state))}, "
+                              f"unexpected {sorted(set(state) - set(expected))}")
+    model.load_state_dict({k: v.to(backbone.device, expected[k].dtype) for k, v in state.items()})
+    train = {"imported_from": Path(src).name, "epoch": raw.get("epoch") if isinstance(raw, dict) else None}
+    return save_prompt_set(model, out, dapt=dapt, train_config=train, name=name)
