@@ -76,6 +76,13 @@ register_backbone(BackboneSpec(
     description="CLIP ViT-B/16 with OpenAI weights (QuickGELU), the backbone of the DAPT paper",
 ))
 register_backbone(BackboneSpec(
+    name="synth-mini",
+    model_name="synth-mini",
+    pretrained="synth-v1",
+    weights="synth-mini",
+    description="the bundled mini-CLIP trained on the synthetic foreground/background world (offline default)",
+))
+register_backbone(BackboneSpec(
     name="ViT-B-16-random",
     model_name="ViT-B-16-quickgelu",
     pretrained=None,

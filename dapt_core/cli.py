@@ -7,6 +7,7 @@ so a new command is a new entry, not a new flag.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -245,6 +246,8 @@ def run_weights_fetch(args: argparse.Namespace) -> int:
 
 
 COMMANDS: list[Callable] = [add_train, add_eval, add_import, add_weights]
+# modules that add sub-commands of their own through ``add_commands(subparsers)``
+COMMAND_MODULES = ("dapt_core.cli_analysis", "dapt_core.cli_synth", "dapt_core.cli_bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -253,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(sub)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).add_commands(sub)
     return parser
 
 

@@ -93,6 +93,7 @@ class WeightSpec:
     sha256: str | None  # expected lowercase hex digest of the file when known (checked after download)
     size_mb: float | None  # approximate size, shown in `weights list`
     description: str  # one line for people: what the weights are and who made them
+    rebuild: str | None = None  # for weights this project makes itself: the command that rebuilds them
 
     def __post_init__(self) -> None:
         if not self.name or self.name != self.name.strip():
@@ -238,6 +239,9 @@ def _not_found(spec: WeightSpec, reason: str) -> WeightsNotFoundError:
     places = f"looked for {looked}" + (
         f" and the Hugging Face cache ({spec.hf_repo})" if spec.hf_repo else ""
     )
+    if spec.rebuild:
+        return WeightsNotFoundError(f"{spec.name} weights ({spec.description}) not found: {places}; {reason}. "
+                                    f"They ship with the project; rebuild them with `{spec.rebuild}`.")
     fetch = _FETCH_COMMAND.format(name=spec.name)
     return WeightsNotFoundError(
         f"{spec.name} weights ({spec.description}) not found: {places}; {reason}. Fetch them with `{fetch}` "
@@ -393,6 +397,16 @@ for _spec in (
         sha256=None,
         size_mb=599,
         description="CLIP ViT-B/16, OpenAI weights (QuickGELU), via open_clip",
+    ),
+    WeightSpec(
+        name="synth-mini",
+        filename="synth-mini.safetensors",
+        hf_repo=None,
+        url=None,
+        sha256=None,
+        size_mb=None,
+        description="this project's mini-CLIP, trained on its synthetic foreground/background world",
+        rebuild="python -m dapt_core synth pretrain",
     ),
     WeightSpec(
         name="sam-vit-b",
