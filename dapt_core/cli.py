@@ -10,9 +10,7 @@ import argparse
 import importlib
 import json
 import logging
-import os
 import sys
-from dataclasses import fields
 from pathlib import Path
 from typing import Callable
 
@@ -35,27 +33,11 @@ def _load_backbone(args: argparse.Namespace, name: str | None = None):
     return load_backbone(name or args.backbone, weights_path=args.weights, device=args.device)
 
 
-def _read_classes(path: str) -> list[str]:
-    text = Path(path).read_text(encoding="utf-8")
-    names = [line.strip() for line in text.replace(",", "\n").splitlines() if line.strip()]
-    if len(names) < 2:
-        raise ValueError(f"class list {path} names {len(names)} class(es); at least two are needed")
-    return names
-
-
 def _splits(args: argparse.Namespace):
     from dapt_core.data import parse_data_spec, subsample_classes
 
     splits = parse_data_spec(args.data)
     return subsample_classes(splits, args.subsample) if args.subsample != "all" else splits
-
-
-def _image_root(splits) -> Path:
-    root = getattr(splits, "image_root", None)
-    if root:
-        return Path(root)
-    paths = [str(s.path) for s in splits.train + splits.val + splits.test]
-    return Path(os.path.commonpath(paths))
 
 
 # --- train --------------------------------------------------------------------------------------------------
@@ -94,8 +76,9 @@ def add_train(sub) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from dapt_core.checkpoint import save_prompt_set
-    from dapt_core.data import few_shot
+    from dapt_core.data import few_shot, image_root
     from dapt_core.learners import build_learner
+    from dapt_core.data import read_class_list
     from dapt_core.masks import MaskFolder
     from dapt_core.objective import DaptConfig
     from dapt_core.train import TrainConfig, config_dict, evaluate, seed_everything, train_prompts
@@ -109,13 +92,13 @@ def run_train(args: argparse.Namespace) -> int:
     if args.switch_epoch is not None:
         dapt_kwargs["switch_epoch"] = args.switch_epoch
     if args.background_words:
-        dapt_kwargs["background_words"] = tuple(_read_classes(args.background_words))
+        dapt_kwargs["background_words"] = tuple(read_class_list(args.background_words))
     dapt = DaptConfig(**dapt_kwargs)
     masks = None
     if args.dapt == "mask":
         if not args.masks:
             raise ValueError("--dapt mask needs --masks DIR (a mask file per training image)")
-        masks = MaskFolder(args.masks, _image_root(splits))
+        masks = MaskFolder(args.masks, image_root(splits))
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     options = {k: v for k, v in {"n_ctx": args.n_ctx, "ctx_init": args.ctx_init, "depth": args.depth,
                                  "class_specific": args.class_specific or None}.items() if v is not None}
@@ -201,9 +184,10 @@ def add_import(sub) -> None:
 
 def run_import(args: argparse.Namespace) -> int:
     from dapt_core.checkpoint import import_official
+    from dapt_core.data import read_class_list
     from dapt_core.objective import DaptConfig
 
-    classnames = _read_classes(args.classes) if args.classes else _splits(args).classnames
+    classnames = read_class_list(args.classes) if args.classes else _splits(args).classnames
     backbone = _load_backbone(args)
     dapt = DaptConfig(cue=args.dapt) if args.dapt != "off" else None
     out = import_official(args.src, backbone, classnames, args.out,
@@ -247,7 +231,7 @@ def run_weights_fetch(args: argparse.Namespace) -> int:
 
 COMMANDS: list[Callable] = [add_train, add_eval, add_import, add_weights]
 # modules that add sub-commands of their own through ``add_commands(subparsers)``
-COMMAND_MODULES = ("dapt_core.cli_analysis", "dapt_core.cli_synth", "dapt_core.cli_bench")
+COMMAND_MODULES = ("dapt_core.cli_analysis", "dapt_core.cli_masks", "dapt_core.cli_synth", "dapt_core.cli_bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ pixel-aligned with the image however it is augmented.
 
 from __future__ import annotations
 
+import os
 import logging
 import math
 import random
@@ -416,3 +417,17 @@ class PromptDataset(Dataset):
         width, height = img.size
         resized = img.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
         return self._normalise(resized, flip=False), (height, width)
+
+
+def image_root(splits: DatasetSplits) -> Path:
+    """The folder the data set's image paths are relative to (mask folders mirror the tree below it)."""
+    return Path(os.path.commonpath([str(s.path) for s in splits.train + splits.val + splits.test]))
+
+
+def read_class_list(path: str | Path) -> list[str]:
+    """Class names from a file: one per line, or comma-separated; at least two."""
+    text = Path(path).read_text(encoding="utf-8")
+    names = [line.strip() for line in text.replace(",", "\n").splitlines() if line.strip()]
+    if len(names) < 2:
+        raise DataError(f"class list {path} names {len(names)} class(es); at least two are needed")
+    return names
