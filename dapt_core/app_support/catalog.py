@@ -1,0 +1,155 @@
+"""The prompt sets that fit the loaded backbone, a cache of built learners, and installing uploaded sets."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from dapt_core.app_support.startup import BUNDLED_PROMPT_DIR, LEARNER_CACHE_SIZE, USER_PROMPT_DIR
+from dapt_core.app_support.uploads import UploadError, slugify
+from dapt_core.backbones import Backbone
+from dapt_core.checkpoint import CheckpointError, PromptSetInfo, list_prompt_sets, load_prompt_set
+from dapt_core.learners.base import PromptLearner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CatalogEntry:
+    key: str  # "<source>/<file stem>", what the UI and the API pass around
+    source: str  # "bundled" or "user"
+    info: PromptSetInfo  # the checkpoint's metadata
+
+    @property
+    def display(self) -> str:
+        return f"{self.info.name} — {self.info.label} ({self.source})"
+
+    def summary(self) -> dict:
+        """What the API's /prompt_sets lists for this set."""
+        meta = self.info.meta
+        return {"key": self.key, "name": self.info.name, "label": self.info.label, "source": self.source,
+                **{k: meta.get(k) for k in ("learner", "dapt", "classnames", "metrics", "train", "created")}}
+
+    def row(self) -> list:
+        meta = self.info.meta
+        metrics = ", ".join(f"{k.removesuffix('_accuracy')} {v:.1f}%" for k, v in (meta.get("metrics") or {}).items()
+                            if isinstance(v, (int, float)))
+        classes = meta.get("classnames") or []
+        return [self.key, self.info.label, len(classes), ", ".join(classes[:6]) + (" …" if len(classes) > 6 else ""),
+                (meta.get("train") or {}).get("shots", ""), metrics, meta.get("created", "")]
+
+
+CATALOG_HEADERS = ["key", "method", "classes", "class names", "shots", "metrics", "created"]
+
+
+class PromptCatalog:
+    """The prompt sets that fit the loaded backbone, re-read from disk on every call (metadata only), and an
+    LRU of built learners keyed by file identity and class list, so a cached learner is never shared between
+    calls that need different classes."""
+
+    def __init__(self, backbone: Backbone, bundled_dir: Path = BUNDLED_PROMPT_DIR,
+                 user_dir: Path = USER_PROMPT_DIR, cache_size: int = LEARNER_CACHE_SIZE) -> None:
+        self.backbone = backbone
+        self.folders = {"bundled": Path(bundled_dir), "user": Path(user_dir)}
+        self.cache_size = cache_size
+        self._cache: OrderedDict[tuple, PromptLearner] = OrderedDict()
+        self._lock = threading.Lock()
+        self.write_lock = threading.Lock()  # choosing a new file name and writing it happen together
+
+    @property
+    def user_dir(self) -> Path:
+        return self.folders["user"]
+
+    def entries(self) -> list[CatalogEntry]:
+        found = []
+        for source, folder in self.folders.items():
+            if folder.is_dir():
+                found += [CatalogEntry(f"{source}/{info.path.stem}", source, info)
+                          for info in list_prompt_sets(folder, self.backbone)]
+        return found
+
+    def get(self, key: str) -> CatalogEntry:
+        for entry in self.entries():
+            if entry.key == key:
+                return entry
+        raise KeyError(f"no prompt set {key!r} for backbone {self.backbone.name}; refresh the list")
+
+    def default_keys(self, entries: list[CatalogEntry] | None = None) -> list[str]:
+        """The first plain set and the first DAPT set (CoOp preferred), else the first two."""
+        entries = self.entries() if entries is None else entries
+
+        def first(dapt: bool) -> str | None:
+            kinds = [e for e in entries if bool((e.info.meta.get("dapt") or {}).get("cue", "off") != "off") == dapt]
+            kinds.sort(key=lambda e: (e.info.meta.get("learner") != "coop", e.source != "bundled"))
+            return kinds[0].key if kinds else None
+
+        keys = [k for k in (first(False), first(True)) if k]
+        return keys if len(keys) == 2 else [e.key for e in entries[:2]]
+
+    def learner(self, key: str, classnames: list[str] | None = None) -> PromptLearner:
+        """The learner of a prompt set, with its stored classes or ``classnames``; built once per (file, classes).
+
+        Raises:
+            KeyError: unknown key.
+            CheckpointError: the file cannot be loaded onto the backbone.
+        """
+        path = self.get(key).info.path
+        stat = path.stat()
+        cache_key = (str(path), stat.st_mtime_ns, stat.st_size, tuple(classnames) if classnames else None)
+        with self._lock:
+            if cache_key in self._cache:
+                self._cache.move_to_end(cache_key)
+                return self._cache[cache_key]
+        learner = load_prompt_set(path, self.backbone, classnames).eval()
+        with self._lock:
+            self._cache[cache_key] = learner
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return learner
+
+    def unique_user_path(self, stem: str) -> Path:
+        """A free ``<user_dir>/<stem>[-N].safetensors``; call with :attr:`write_lock` held."""
+        stem = slugify(stem)
+        candidate = self.user_dir / f"{stem}.safetensors"
+        n = 1
+        while candidate.exists():
+            candidate = self.user_dir / f"{stem}-{n}.safetensors"
+            n += 1
+        return candidate
+
+    def install(self, upload: Path, filename: str) -> CatalogEntry:
+        """Checks an uploaded prompt set against the backbone and copies it into the user folder atomically,
+        never over an existing file (a taken name gets a ``-N`` suffix).
+
+        Raises:
+            UploadError: not a ``.safetensors`` file, unreadable, another backbone, tensors that do not fit.
+        """
+        if Path(filename).suffix.lower() != ".safetensors":
+            raise UploadError(f"{filename}: prompt sets are .safetensors files")
+        staged = Path(tempfile.mkdtemp(prefix="dapt-upload-")) / f"{slugify(Path(filename).stem)}.safetensors"
+        try:
+            shutil.copyfile(upload, staged)
+            try:
+                load_prompt_set(staged, self.backbone)  # reads the metadata, checks the backbone and every tensor
+            except CheckpointError as err:
+                raise UploadError(f"{filename} was refused: {err}") from err
+            self.user_dir.mkdir(parents=True, exist_ok=True)
+            with self.write_lock:
+                target = self.unique_user_path(staged.stem)
+                tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+                shutil.copyfile(staged, tmp)
+                try:
+                    os.link(tmp, target)  # fails rather than replace a file that appeared meanwhile
+                finally:
+                    tmp.unlink(missing_ok=True)
+        finally:
+            shutil.rmtree(staged.parent, ignore_errors=True)
+        log.info("installed uploaded prompt set %s as %s", filename, target)
+        return self.get(f"user/{target.stem}")

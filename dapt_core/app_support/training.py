@@ -1,0 +1,156 @@
+"""One few-shot training run as the app does it: gather the data, train a fresh copy of the prompts on the
+shared frozen backbone, evaluate on held-out images, save the prompt set into the user folder."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from dapt_core.app_support.catalog import PromptCatalog
+from dapt_core.app_support.uploads import UploadError, check_image_folder
+from dapt_core.backbones import Backbone
+from dapt_core.checkpoint import save_prompt_set
+from dapt_core.data import Sample, few_shot, load_imagefolder
+from dapt_core.learners import build_learner, list_learners
+from dapt_core.masks import MaskFolder
+from dapt_core.objective import CUES, DaptConfig
+from dapt_core.train import StepReport, TrainConfig, config_dict, evaluate, train_prompts
+
+log = logging.getLogger(__name__)
+
+SOURCES = ("synthetic", "folder")
+SYNTH_IMAGE_SIZE = 64  # side of the synthetic scenes (images are resized to the backbone's input anyway)
+SYNTH_TEST_SPLITS = ("test_aligned", "test_conflicting", "test_balanced")
+MAX_SHOTS = 64
+MAX_EPOCHS = 50
+# The official schedule switches from the triplet to the alignment terms after 7 of 10 epochs; short app runs
+# keep that proportion.
+OFFICIAL_SWITCH_FRACTION = DaptConfig().switch_epoch / TrainConfig().epochs
+
+
+@dataclass
+class TrainRequest:
+    source: str  # "synthetic" (the spurious-background task, exact masks) or "folder" (uploaded images)
+    learner: str  # "coop" or "maple"
+    cue: str  # DAPT cue: "off", "gradcam", or "mask" (synthetic task only: it has exact masks)
+    shots: int  # training images per class
+    epochs: int  # passes over the few-shot set
+    name: str  # name of the saved prompt set (made file-safe; a taken name gets a -N suffix)
+    folder: Path | None = None  # image-folder root (one sub-folder per class) for source "folder"
+    seed: int = 1  # seeds the synthetic task, the shot draw and the training
+    synth_test_per_class: int = 3  # synthetic scenes per class in each test split
+    train: dict = field(default_factory=dict)  # further TrainConfig fields (e.g. batch_size)
+
+    def validate(self) -> None:
+        """Raises ValueError with a message for the user when the request cannot run."""
+        if self.source not in SOURCES:
+            raise ValueError(f"unknown data source {self.source!r}; choose from {', '.join(SOURCES)}")
+        if self.learner not in list_learners():
+            raise ValueError(f"unknown learner {self.learner!r}; choose from {', '.join(list_learners())}")
+        if self.cue not in CUES:
+            raise ValueError(f"unknown DAPT cue {self.cue!r}; choose from {', '.join(CUES)}")
+        if self.cue == "mask" and self.source != "synthetic":
+            raise ValueError("the mask cue needs exact object masks, which only the synthetic task has; "
+                             "use the gradcam cue for your own images")
+        if not 1 <= int(self.shots) <= MAX_SHOTS:
+            raise ValueError(f"shots must be between 1 and {MAX_SHOTS}, got {self.shots}")
+        if not 1 <= int(self.epochs) <= MAX_EPOCHS:
+            raise ValueError(f"epochs must be between 1 and {MAX_EPOCHS}, got {self.epochs}")
+        if self.source == "folder":
+            if self.folder is None:
+                raise UploadError("no labelled images: upload a zip of class folders or add images per class")
+            check_image_folder(self.folder)
+
+
+@dataclass
+class TrainResult:
+    key: str  # catalogue key of the saved prompt set
+    path: Path  # the saved .safetensors file
+    classnames: list[str]  # the class list the prompts were trained on
+    metrics: dict  # held-out accuracy (percent) per split; empty when nothing was held out
+    note: str  # what was evaluated, or why nothing was
+    history: list[dict]  # one record per epoch (see train_prompts)
+
+
+def dapt_config(cue: str, epochs: int) -> DaptConfig:
+    """DAPT settings for a run of ``epochs``: the official two-phase schedule compressed to the run's length
+    (each phase at least one epoch), or both phases at once when there is a single epoch."""
+    if epochs < 2:
+        return DaptConfig(cue=cue, schedule="joint")
+    switch = min(epochs - 1, max(1, round(epochs * OFFICIAL_SWITCH_FRACTION)))
+    return DaptConfig(cue=cue, switch_epoch=switch)
+
+
+def _synthetic_data(req: TrainRequest, workdir: Path):
+    from dapt_core.synth import export_task, make_task
+
+    task = make_task(req.seed, int(req.shots), size=SYNTH_IMAGE_SIZE, n_test=req.synth_test_per_class)
+    exports = export_task(task, workdir / "synth")
+    classnames = list(task.classnames)
+
+    def samples(split: str) -> list[Sample]:
+        scenes = getattr(task, split)
+        return [Sample(path, classnames.index(scene.object), scene.object)
+                for scene, path in zip(scenes, exports[split].image_paths)]
+
+    train = exports["train"]
+    masks = MaskFolder(train.mask_root, train.image_root) if req.cue == "mask" else None
+    tests = {split.removeprefix("test_"): samples(split) for split in SYNTH_TEST_SPLITS}
+    note = (f"held-out synthetic scenes, {req.synth_test_per_class} per class: aligned (object on its training "
+            "background), conflicting (on another class's background), balanced (any background)")
+    return classnames, samples("train"), masks, tests, note
+
+
+def _folder_data(req: TrainRequest):
+    splits = load_imagefolder(req.folder, test_fraction=0.0)
+    pool = splits.train + splits.val + splits.test
+    chosen = few_shot(pool, int(req.shots), req.seed)
+    picked = {s.path for s in chosen}
+    rest = [s for s in pool if s.path not in picked]
+    left = Counter(s.label for s in rest)
+    if all(left[label] >= 1 for label in range(splits.num_classes)):
+        tests = {"held_out": rest}
+        note = f"{len(rest)} held-out images (those not drawn as shots)"
+    else:
+        tests = {}
+        note = "not evaluated: some class has no image left after the shots (add more images per class)"
+    return splits.classnames, chosen, None, tests, note
+
+
+def run_training(req: TrainRequest, backbone: Backbone, catalog: PromptCatalog, workdir: Path, *,
+                 on_step: Callable[[StepReport], None] | None = None, cancel: threading.Event | None = None,
+                 status: Callable[[str], None] = lambda message: None) -> TrainResult:
+    """Trains a fresh learner (nobody else's prompts change) and saves it into the catalogue's user folder.
+
+    Raises:
+        ValueError: a request that cannot run (see :meth:`TrainRequest.validate`), bad data.
+        TrainingCancelled: ``cancel`` was set; nothing is saved.
+    """
+    req.validate()
+    if req.source == "synthetic":
+        classnames, train, masks, tests, note = _synthetic_data(req, workdir)
+    else:
+        classnames, train, masks, tests, note = _folder_data(req)
+    learner = build_learner(req.learner, backbone, classnames)
+    cfg = TrainConfig(epochs=int(req.epochs), seed=req.seed, **req.train)
+    dapt = dapt_config(req.cue, cfg.epochs)
+    status(f"Training {learner.kind} on {len(train)} images of {len(classnames)} classes "
+           f"(DAPT cue: {req.cue})…")
+    history = train_prompts(learner, train, cfg, dapt, masks=masks, on_step=on_step, cancel=cancel,
+                            progress=False)
+    metrics = {}
+    for split, samples in tests.items():
+        status(f"Evaluating on {len(samples)} {split} images…")
+        metrics[f"{split}_accuracy"] = evaluate(learner, samples)["accuracy"]
+    train_info = {**config_dict(cfg), "shots": int(req.shots), "source": req.source,
+                  "n_train": len(train), "evaluation": note}
+    with catalog.write_lock:
+        path = catalog.unique_user_path(req.name or f"{req.learner}-{req.cue}")
+        save_prompt_set(learner, path, dapt=dapt if dapt.enabled else None, train_config=train_info,
+                        metrics=metrics, name=path.stem)
+    log.info("training finished: %s %s", path, metrics)
+    return TrainResult(f"user/{path.stem}", path, classnames, metrics, note, history)

@@ -1,0 +1,159 @@
+"""Labelled images uploaded by visitors (a zip of class folders, or files with a class name), made into an
+image folder after checks on size, paths and content."""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import uuid
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from dapt_core.data import IMAGE_EXTENSIONS, list_images
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class UploadLimits:
+    max_zip_bytes: int = 200 * 2**20  # compressed size of an uploaded zip
+    max_total_bytes: int = 500 * 2**20  # uncompressed size of everything extracted
+    max_file_bytes: int = 40 * 2**20  # one extracted image
+    max_files: int = 5000  # images in one upload
+    max_pixels: int = 40_000_000  # width * height of one image (decompression bombs)
+
+
+class UploadError(ValueError):
+    """An upload (zip, image set, prompt set) that cannot be used; the message says why, for the user."""
+
+
+def slugify(text: str, default: str = "prompts") -> str:
+    """A file-name-safe stem: letters, digits, ``-``, ``_`` and ``.``, at most 64 characters."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", text.strip()).strip("-.")[:64]
+    return slug or default
+
+
+def _check_image(path: Path, label: str, limits: UploadLimits) -> None:
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            img.verify()
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as err:
+        raise UploadError(f"{label} is not a readable image ({err})") from err
+    if width * height > limits.max_pixels:
+        raise UploadError(f"{label} is {width}x{height} pixels, over the limit of {limits.max_pixels:,}")
+
+
+def _check_classes(root: Path, what: str) -> None:
+    classes = sorted(p for p in root.iterdir() if p.is_dir())
+    if len(classes) < 2:
+        found = f"only {classes[0].name!r}" if classes else "none"
+        raise UploadError(f"{what} needs at least two classes (one folder per class); found {found}")
+    empty = [c.name for c in classes if not list_images(c)]
+    if empty:
+        raise UploadError(f"{what}: class {empty[0]!r} has no images")
+
+
+def extract_labelled_zip(archive: Path, dest: Path, limits: UploadLimits = UploadLimits()) -> Path:
+    """Extracts a zip holding one folder of images per class (optionally inside one top folder) into ``dest``.
+
+    Only image files are written; paths are rebuilt from their parts, so nothing lands outside ``dest``.
+
+    Returns:
+        The image-folder root (``dest``), ready for :func:`dapt_core.data.load_imagefolder`.
+
+    Raises:
+        UploadError: not a zip, corrupt, too big, unsafe paths, images outside class folders, fewer than two
+            classes, a class without images, or an unreadable image.
+    """
+    archive = Path(archive)
+    if archive.stat().st_size > limits.max_zip_bytes:
+        raise UploadError(f"{archive.name} is larger than {limits.max_zip_bytes // 2**20} MB")
+    if not zipfile.is_zipfile(archive):
+        raise UploadError(f"{archive.name} is not a zip file")
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            members = []
+            for info in zf.infolist():
+                parts = [p for p in info.filename.replace("\\", "/").split("/") if p not in ("", ".")]
+                if not parts or info.filename.startswith("/") or ".." in parts:
+                    raise UploadError(f"{archive.name}: unsafe path {info.filename!r}")
+                if parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts):
+                    continue
+                if info.is_dir():
+                    members.append((parts, None))
+                elif Path(parts[-1]).suffix.lower() in IMAGE_EXTENSIONS:
+                    members.append((parts, info))
+            images = [(p, i) for p, i in members if i is not None]
+            if not images:
+                raise UploadError(f"{archive.name} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+            if len(images) > limits.max_files:
+                raise UploadError(f"{archive.name} holds {len(images)} images, over the limit of {limits.max_files}")
+            if sum(i.file_size for _, i in images) > limits.max_total_bytes:
+                raise UploadError(f"{archive.name} unpacks to more than {limits.max_total_bytes // 2**20} MB")
+            # strip a single wrapping folder ("data/cat/1.png" -> "cat/1.png")
+            while len({p[0] for p, _ in members}) == 1 and all(len(p) >= 3 for p, _ in images):
+                members = [(p[1:], i) for p, i in members if len(p) > 1]
+                images = [(p, i) for p, i in members if i is not None]
+            loose = [p for p, _ in images if len(p) < 2]
+            if loose:
+                raise UploadError(f"{archive.name}: {'/'.join(loose[0])} is not inside a class folder; put the "
+                                  "images of each class in a folder named after the class")
+            dest.mkdir(parents=True, exist_ok=True)
+            for parts, info in members:
+                target = dest.joinpath(*parts) if info is not None else dest / parts[0]
+                if info is None:
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                if info.file_size > limits.max_file_bytes:
+                    raise UploadError(f"{'/'.join(parts)} is larger than {limits.max_file_bytes // 2**20} MB")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with zf.open(info) as src, open(target, "wb") as out:
+                    shutil.copyfileobj(src, out)
+                _check_image(target, "/".join(parts), limits)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as err:
+        raise UploadError(f"{archive.name} is a damaged zip file ({err})") from err
+    _check_classes(dest, archive.name)
+    return dest
+
+
+def add_labelled_images(files: list[Path], classname: str, dest: Path, limits: UploadLimits = UploadLimits()) -> int:
+    """Copies uploaded images into ``dest/<classname>/`` (the image-folder layout); returns how many.
+
+    Raises:
+        UploadError: an empty or path-like class name, no files, or a file that is not a readable image.
+    """
+    name = " ".join((classname or "").split())
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise UploadError("type a class name (no slashes) for these images")
+    if not files:
+        raise UploadError("choose one or more images first")
+    files = [Path(f) for f in files]
+    for src in files:  # every file is checked before any is kept, so a bad one leaves no trace
+        if src.stat().st_size > limits.max_file_bytes:
+            raise UploadError(f"{src.name} is larger than {limits.max_file_bytes // 2**20} MB")
+        _check_image(src, src.name, limits)
+    folder = dest / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for src in files:
+        shutil.copyfile(src, folder / f"{uuid.uuid4().hex[:8]}-{slugify(src.name, 'image')}")
+    return len(files)
+
+
+def describe_folder(root: Path) -> dict[str, int]:
+    """Images per class folder of an image-folder root."""
+    if not root.is_dir():
+        return {}
+    return {p.name: len(list_images(p)) for p in sorted(root.iterdir()) if p.is_dir()}
+
+
+def check_image_folder(root: Path) -> None:
+    """Raises UploadError unless ``root`` has at least two class folders, each with images."""
+    if not root.is_dir():
+        raise UploadError("no labelled images yet: add images of at least two classes")
+    _check_classes(root, "the uploaded images")
+

@@ -1,0 +1,79 @@
+"""End to end in headless Chromium: open the page, upload an image, compare two prompt sets, take a screenshot.
+
+Needs Debian's ``chromium`` (``apt-get install -y chromium``) and Playwright for Python (``pip install
+playwright``; the system browser is used, so ``playwright install`` is never run). Skipped when either is
+missing. ``DAPT_E2E_SCREENSHOT=docs/screenshot.png`` also copies the screenshot there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CHROMIUM = os.environ.get("DAPT_CHROMIUM", "/usr/bin/chromium")
+BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+PAGE_TIMEOUT_MS = 60_000  # the first comparison loads the prompt sets; a busy 2-core machine is slow
+# gradio's queue trips pandas deprecation warnings that say nothing about this app
+pytestmark = pytest.mark.filterwarnings("ignore:.*(no_silent_downcasting|copy keyword).*")
+
+if not Path(CHROMIUM).is_file():
+    pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install -y chromium", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed: pip install playwright")
+
+import app  # noqa: E402
+from dapt_core.checkpoint import save_prompt_set  # noqa: E402
+from dapt_core.learners import build_learner  # noqa: E402
+from dapt_core.objective import DaptConfig  # noqa: E402
+from dapt_core.synth import OBJECT_CLASSES, render_scene  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def page_url(tmp_path_factory, tiny_backbone):
+    root = tmp_path_factory.mktemp("e2e")
+    classes = list(OBJECT_CLASSES[:4])
+    save_prompt_set(build_learner("coop", tiny_backbone, classes, n_ctx=2), root / "prompts" / "coop.safetensors")
+    save_prompt_set(build_learner("coop", tiny_backbone, classes, n_ctx=2, init_std=0.2),
+                    root / "prompts" / "coop-dapt.safetensors", dapt=DaptConfig(cue="gradcam"))
+    demo = app.build_app(tiny_backbone, banner="Backbone `tiny-vit` has random weights (end-to-end test).",
+                         bundled_dir=root / "prompts", user_dir=root / "user", examples_dir=root / "none")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app.launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+def test_upload_compare_and_screenshot(page_url, tmp_path):
+    scene = render_scene(OBJECT_CLASSES[0], "grass", 128, np.random.default_rng(3))
+    picture = tmp_path / "scene.png"
+    Image.fromarray(scene.image).save(picture)
+    shot = tmp_path / "screenshot.png"
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.set_default_timeout(PAGE_TIMEOUT_MS)
+            page.goto(page_url)
+            page.locator("#compare-image input[type=file]").set_input_files(str(picture))
+            page.locator("#compare-image img").first.wait_for()
+            page.locator("#compare-run").click()
+            overlays = page.locator("#compare-gallery img")
+            overlays.nth(1).wait_for()
+            captions = page.locator("#compare-gallery").inner_text()
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
+    assert "coop: on-object" in captions and "coop-dapt: on-object" in captions
+    assert Image.open(shot).size[0] >= 1400
+    target = os.environ.get("DAPT_E2E_SCREENSHOT")
+    if target:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, target)
