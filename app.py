@@ -305,13 +305,14 @@ def _describe(backbone: Backbone) -> str:
 
 def build_app(backbone: Backbone | None, *, banner: str | None = None, error: str | None = None,
               bundled_dir: Path = support.BUNDLED_PROMPT_DIR, user_dir: Path = support.USER_PROMPT_DIR,
-              examples_dir: Path = support.EXAMPLE_DIR) -> gr.Blocks:
+              examples_dir: Path | None = None) -> gr.Blocks:
     """The whole UI around one shared backbone; without one, a page that says what to do."""
     if backbone is None:
         with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
             gr.Markdown(f"# {TITLE}\n\n{error or 'No backbone is loaded.'}")
         return demo
-    h = Handlers(backbone, support.PromptCatalog(backbone, bundled_dir, user_dir), support.Examples(examples_dir))
+    examples = support.Examples(examples_dir or support.example_dir_for(backbone))
+    h = Handlers(backbone, support.PromptCatalog(backbone, bundled_dir, user_dir), examples)
     entries = h.catalog.entries()
     set_choices = [(e.display, e.key) for e in entries]
     with gr.Blocks(title=TITLE, delete_cache=(3600, 6 * 3600), analytics_enabled=False) as demo:

@@ -392,3 +392,16 @@ def test_temp_files_prune_old_folders_and_vanish_with_their_owner():
     del files
     gc.collect()
     assert not root.exists()
+
+
+def test_examples_follow_the_backbone(tiny_backbone):
+    from dapt_core.app_support import EXAMPLE_DIR, PHOTO_DIR, Examples, example_dir_for
+    from dapt_core.backbones import get_backbone_spec
+
+    assert example_dir_for(tiny_backbone) == EXAMPLE_DIR
+    photo_backbone = type(tiny_backbone)(spec=get_backbone_spec("ViT-B-16"), model=tiny_backbone.model,
+                                         tokenizer=tiny_backbone.tokenizer, image_size=32, mean=(0, 0, 0),
+                                         std=(1, 1, 1))
+    assert example_dir_for(photo_backbone) == PHOTO_DIR
+    photos = Examples(PHOTO_DIR)
+    assert {e.image.name for e in photos.items} == {"astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"}

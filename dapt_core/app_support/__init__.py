@@ -12,6 +12,7 @@ from dapt_core.app_support.segmenters import EXACT, SegmenterMenu
 from dapt_core.app_support.startup import (
     BUNDLED_PROMPT_DIR,
     EXAMPLE_DIR,
+    PHOTO_DIR,
     FETCH_COMMAND,
     USER_PROMPT_DIR,
     BackboneChoice,
@@ -19,6 +20,7 @@ from dapt_core.app_support.startup import (
     Examples,
     TempFiles,
     choose_backbone,
+    example_dir_for,
     parse_classnames,
 )
 from dapt_core.app_support.training import TrainRequest, TrainResult, dapt_config, run_training
@@ -33,9 +35,10 @@ from dapt_core.app_support.uploads import (
 )
 
 __all__ = [
-    "BUNDLED_PROMPT_DIR", "CATALOG_HEADERS", "EXACT", "EXAMPLE_DIR", "FETCH_COMMAND", "USER_PROMPT_DIR", "BackboneChoice", "Example", "Examples",
-    "CatalogEntry", "JobView", "PromptCatalog", "QueueFullError", "SegmenterMenu", "TempFiles", "TrainJob", "TrainRequest",
-    "TrainResult", "TrainingQueue", "UploadError", "UploadLimits", "add_labelled_images", "check_image_folder",
-    "choose_backbone", "dapt_config", "describe_folder", "extract_labelled_zip", "loss_figure",
+    "BUNDLED_PROMPT_DIR", "BackboneChoice", "CATALOG_HEADERS", "CatalogEntry", "EXACT", "EXAMPLE_DIR",
+    "Example", "Examples", "FETCH_COMMAND", "JobView", "PHOTO_DIR", "PromptCatalog", "QueueFullError",
+    "SegmenterMenu", "TempFiles", "TrainJob", "TrainRequest", "TrainResult", "TrainingQueue", "USER_PROMPT_DIR",
+    "UploadError", "UploadLimits", "add_labelled_images", "check_image_folder", "choose_backbone",
+    "dapt_config", "describe_folder", "example_dir_for", "extract_labelled_zip", "loss_figure",
     "parse_classnames", "run_training", "slugify",
 ]

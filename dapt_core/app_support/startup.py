@@ -29,7 +29,9 @@ REAL_WEIGHTS = "clip-vit-b-16-openai"
 FETCH_COMMAND = f"python -m dapt_core weights fetch {REAL_WEIGHTS}"
 BUNDLED_PROMPT_DIR = paths.CHECKPOINT_DIR / "prompts"
 USER_PROMPT_DIR = Path(os.environ.get("DAPT_USER_PROMPTS", paths.CHECKPOINT_DIR / "user"))
-EXAMPLE_DIR = paths.ASSETS_DIR / "examples"
+EXAMPLE_DIR = paths.ASSETS_DIR / "examples"  # scenes of the synthetic world, for the backbones trained on it
+PHOTO_DIR = paths.ASSETS_DIR / "photos"  # public-domain photographs, for backbones trained on photographs
+SYNTHETIC_WORLD_BACKBONES = ("synth-mini", "tiny-vit")
 EXAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 EXAMPLE_MANIFEST = "examples.json"
 MASK_SUFFIX = "_mask"  # mask files beside example images are not examples themselves
@@ -125,6 +127,11 @@ class Examples:
             return None
         mask_path = self._masks.get(_digest(path))
         return None if mask_path is None else read_mask_file(mask_path) >= MASK_ON
+
+
+def example_dir_for(backbone: Backbone) -> Path:
+    """Synthetic scenes for the backbones of the synthetic world, photographs for every other one."""
+    return EXAMPLE_DIR if backbone.name in SYNTHETIC_WORLD_BACKBONES else PHOTO_DIR
 
 
 def _digest(path: Path) -> str:
