@@ -1,0 +1,434 @@
+"""The background-shift benchmark: prompt learners with and without DAPT on the spurious synthetic task.
+
+Every object class is trained on its own background only (`dapt_core.synth.make_task`), so a learner can
+score perfectly by reading the background. Each method is then tested on three splits: ``aligned`` (the
+pairing holds), ``balanced`` (backgrounds independent of the object) and ``conflicting`` (every object on
+a background other than its own). On the conflicting images it also measures where the model looks: the
+share of Grad-CAM energy on the true object mask and the pointing-game hit rate, both from the CAM of the
+TRUE class. The seven methods are in :data:`METHODS`; ``zero-shot`` is CoOp with its context initialised
+from "a photo of a" and never trained, which is zero-shot CLIP exactly.
+
+The task is exported to a temporary image folder and read back through the same loaders a user's data
+takes (`load_imagefolder`, `MaskFolder`); labels are mapped by class NAME, since `load_imagefolder`
+numbers folders in sorted order.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from dapt_core.attention_metrics import binarize, mask_iou, object_share, pointing_game
+from dapt_core.backbones import Backbone, load_backbone
+from dapt_core.cam import compute_cams
+from dapt_core.data import PromptDataset, Sample, load_imagefolder
+from dapt_core.learners import build_learner
+from dapt_core.learners.base import PromptLearner
+from dapt_core.masks import MaskFolder
+from dapt_core.objective import DaptConfig
+from dapt_core.synth.export import TASK_SPLITS, default_mask_root, export_task
+from dapt_core.synth.shapes import OBJECT_CLASSES
+from dapt_core.synth.task import SpuriousTask, make_task
+from dapt_core.synth.textures import BACKGROUND_CLASSES
+from dapt_core.synth.world import Scene
+from dapt_core.train import TrainConfig, predict, seed_everything, train_prompts
+
+log = logging.getLogger(__name__)
+
+TEST_SPLITS = ("test_aligned", "test_balanced", "test_conflicting")
+# The fields of the command's last stdout line, per method (means over seeds).
+SUMMARY_FIELDS = ("aligned_acc", "balanced_acc", "conflicting_acc", "object_attention", "pointing_game")
+# The official release switches from the triplet term to the alignment terms at epoch 7 of 10; shorter runs
+# keep that proportion so the alignment terms are always reached.
+OFFICIAL_SWITCH_FRACTION = 0.7
+ZERO_SHOT_CONTEXT = "a photo of a"
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str  # key in results and on the command line
+    learner: str  # "coop" or "maple"
+    cue: str  # DAPT cue: "off", "mask" (ground-truth masks) or "gradcam" (the model's own CAM)
+    trained: bool = True  # False: the learner is evaluated as initialised (zero-shot)
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("zero-shot", "coop", "off", trained=False),
+    Method("coop", "coop", "off"),
+    Method("coop+dapt-mask", "coop", "mask"),
+    Method("coop+dapt-gradcam", "coop", "gradcam"),
+    Method("maple", "maple", "off"),
+    Method("maple+dapt-mask", "maple", "mask"),
+    Method("maple+dapt-gradcam", "maple", "gradcam"),
+)}
+
+
+@dataclass
+class BenchConfig:
+    backbone: str = "synth-mini"  # backbone registry name
+    weights: str | None = None  # explicit backbone weight file; None = the registry's
+    shots: tuple[int, ...] = (1, 4, 16)  # training images per class; one task per (shots, seed)
+    seeds: tuple[int, ...] = (1, 2, 3)  # each seeds the task (pairing, images) and the training
+    epochs: int = 10  # official few-shot epochs
+    batch_size: int = 4  # official batch size
+    lr: float = 0.0035  # official SGD learning rate
+    schedule: str = "official"  # DAPT loss schedule: "official" (triplet, then alignment) or "joint"
+    switch_epoch: int | None = None  # official schedule's switch; None = round(0.7 * epochs), 7 at 10 epochs
+    n_test: int = 10  # images per class in each test split
+    n_classes: int | None = None  # use the first n object classes (and n backgrounds); None = all 11
+    coop_ctx_init: str = ZERO_SHOT_CONTEXT  # CoOp's context init (4 tokens); the zero-shot method uses it too
+    cam_method: str = "gradcam"  # CAM for the attention metrics (a key of dapt_core.cam.CAM_METHODS)
+    methods: tuple[str, ...] = tuple(METHODS)  # which of METHODS to run
+    device: str | None = None  # torch device; None = the GPU when there is one
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"methods: unknown {unknown}; choose from {', '.join(METHODS)}")
+        if not self.shots or min(self.shots) < 1:
+            raise ValueError(f"shots: need at least one count, each >= 1, got {self.shots}")
+        if not self.seeds:
+            raise ValueError("seeds: need at least one seed")
+        if self.epochs < 1:
+            raise ValueError(f"epochs: must be >= 1, got {self.epochs}")
+        if self.n_classes is not None and not 2 <= self.n_classes <= len(OBJECT_CLASSES):
+            raise ValueError(f"n_classes: must lie in [2, {len(OBJECT_CLASSES)}], got {self.n_classes}")
+        self.shots, self.seeds, self.methods = tuple(self.shots), tuple(self.seeds), tuple(self.methods)
+
+    @property
+    def effective_switch_epoch(self) -> int:
+        if self.switch_epoch is not None:
+            return self.switch_epoch
+        return min(self.epochs - 1, max(1, round(OFFICIAL_SWITCH_FRACTION * self.epochs)))
+
+    def dapt(self, cue: str) -> DaptConfig:
+        return DaptConfig(cue=cue, schedule=self.schedule, switch_epoch=self.effective_switch_epoch)
+
+    def train_config(self, seed: int) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, seed=seed)
+
+    def learner_options(self, method: Method) -> dict:
+        return {"ctx_init": self.coop_ctx_init} if method.learner == "coop" else {}
+
+
+QUICK_SHOTS = (4,)
+FULL_SHOTS = (1, 4, 16)
+FULL_N_SEEDS = 3
+
+
+def quick_config(seed: int = 1, **overrides) -> BenchConfig:
+    """One shot count (4) and one seed: the ``--quick`` run."""
+    return BenchConfig(**{"shots": QUICK_SHOTS, "seeds": (seed,), **overrides})
+
+
+def full_config(seed: int = 1, n_seeds: int = FULL_N_SEEDS, **overrides) -> BenchConfig:
+    """1, 4 and 16 shots over ``n_seeds`` consecutive seeds from ``seed``."""
+    return BenchConfig(**{"shots": FULL_SHOTS, "seeds": tuple(range(seed, seed + n_seeds)), **overrides})
+
+
+@dataclass
+class TaskData:
+    """An exported task as the loaders see it; samples of a split are in the task's scene order."""
+
+    task: SpuriousTask
+    samples: dict[str, list[Sample]]  # split -> samples, labels indexing task.classnames
+    masks: dict[str, MaskFolder]  # split -> its ground-truth masks
+    scenes: dict[str, list[Scene]] = field(repr=False)  # split -> scenes, parallel to samples
+
+
+def build_task(cfg: BenchConfig, seed: int, shots: int) -> SpuriousTask:
+    """The spurious task of one (seed, shots): all 11 classes, or the first `n_classes` with as many backgrounds,
+    so that every background in the conflicting split is another class's training background."""
+    objects, backgrounds = task_names(cfg)
+    return make_task(seed, shots, n_test=cfg.n_test, objects=objects, backgrounds=backgrounds)
+
+
+def task_names(cfg: BenchConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The object and background classes of the configured tasks."""
+    n = cfg.n_classes or len(OBJECT_CLASSES)
+    return OBJECT_CLASSES[:n], BACKGROUND_CLASSES[:n] if cfg.n_classes else BACKGROUND_CLASSES
+
+
+def load_task(task: SpuriousTask, root: str | Path) -> TaskData:
+    """Export `task` under `root` (which must be empty) and read every split back with the standard loaders."""
+    root = Path(root)
+    export_task(task, root)
+    mask_root = default_mask_root(root)
+    index = {name: i for i, name in enumerate(task.classnames)}
+    samples, masks, scenes = {}, {}, {}
+    for split in TASK_SPLITS:
+        read = load_imagefolder(root / split, test_fraction=0.0)
+        # file stems are scene indices; folder labels are in sorted-name order, the task's are not
+        ordered = sorted(read.train, key=lambda s: int(s.path.stem))
+        samples[split] = [replace(s, label=index[s.classname]) for s in ordered]
+        masks[split] = MaskFolder(mask_root / split, root / split)
+        scenes[split] = [getattr(task, split)[int(s.path.stem)] for s in ordered]
+        if len(ordered) != len(scenes[split]):
+            raise ValueError(f"{root / split}: read {len(ordered)} images, the task has {len(scenes[split])}")
+    return TaskData(task, samples, masks, scenes)
+
+
+def train_method(method: Method, backbone: Backbone, data: TaskData, cfg: BenchConfig,
+                 seed: int) -> tuple[PromptLearner, list[dict]]:
+    """Build the method's learner (seeded) and, unless it is zero-shot, train it on the task's training split."""
+    seed_everything(seed)
+    learner = build_learner(method.learner, backbone, list(data.task.classnames), **cfg.learner_options(method))
+    if not method.trained:
+        learner.eval()
+        return learner, []
+    masks = data.masks["train"] if method.cue == "mask" else None
+    history = train_prompts(learner, data.samples["train"], cfg.train_config(seed), cfg.dapt(method.cue),
+                            masks=masks, progress=False)
+    return learner, history
+
+
+def _eval_batches(learner: PromptLearner, samples: list[Sample], batch_size: int):
+    """(indices, normalised evaluation views) in batches."""
+    backbone = learner.backbone
+    dataset = PromptDataset(samples, image_size=backbone.image_size, mean=backbone.mean, std=backbone.std,
+                            train=False)
+    for start in range(0, len(samples), batch_size):
+        idx = list(range(start, min(start + batch_size, len(samples))))
+        yield idx, torch.stack([dataset[i]["image"] for i in idx]).to(backbone.device)
+
+
+def attention_on_object(learner: PromptLearner, samples: list[Sample], masks: MaskFolder, *, method: str,
+                        batch_size: int = 32, cue_threshold: float | None = None) -> dict[str, float]:
+    """CAM of the TRUE class against the ground-truth object mask.
+
+    Returns:
+        ``object_attention``: mean share of CAM energy inside the mask, in [0, 1] (all-zero CAMs skipped);
+        ``pointing_game``: share of images whose CAM peak is on the object, in [0, 1];
+        ``cue_iou`` (with `cue_threshold`): mean IoU of the CAM binarised at that fraction of its peak (the
+        DAPT Grad-CAM cue) with the mask.
+    """
+    with learner.backbone.lock, torch.no_grad():
+        text_features = learner.text_features()
+    shares, hits, ious = [], [], []
+    for idx, images in _eval_batches(learner, samples, batch_size):
+        cams = compute_cams(learner, images, [samples[i].label for i in idx], method=method,
+                            text_features=text_features)
+        for i, cam in zip(idx, cams):
+            mask = masks.get(i, samples[i])
+            shares.append(object_share(cam, mask))
+            hits.append(pointing_game(cam, mask))
+            if cue_threshold is not None:
+                ious.append(mask_iou(binarize(_resize(cam, mask.shape), cue_threshold), mask))
+    result = {"object_attention": _nanmean(shares), "pointing_game": float(np.mean(hits))}
+    if cue_threshold is not None:
+        result["cue_iou"] = _nanmean(ious)
+    return result
+
+
+def background_pseudo_label_accuracy(learner: PromptLearner, samples: list[Sample], masks: MaskFolder,
+                                     scenes: list[Scene], dapt: DaptConfig, batch_size: int = 32) -> float:
+    """Share of background views (true mask removed) whose DAPT pseudo-label is their true background word.
+
+    This is how right the background-alignment term's targets are; words outside the vocabulary count as
+    wrong. Returns a value in [0, 1].
+    """
+    backbone = learner.backbone
+    dataset = PromptDataset(samples, image_size=backbone.image_size, mean=backbone.mean, std=backbone.std,
+                            train=False, masks=masks)
+    words = list(dapt.background_words)
+    hits = []
+    with backbone.lock, torch.no_grad():
+        bg_text = learner.prompt_text_features([dapt.background_template.format(w) for w in words])
+        for start in range(0, len(samples), batch_size):
+            items = [dataset[i] for i in range(start, min(start + batch_size, len(samples)))]
+            images = torch.stack([it["image"] for it in items]).to(backbone.device)
+            keep = torch.stack([it["mask"] for it in items]).to(backbone.device)
+            picks = (learner.encode_image(images * (1.0 - keep)) @ bg_text.t()).argmax(dim=1).tolist()
+            hits += [words[p] == scenes[it["index"]].background for p, it in zip(picks, items)]
+    return float(np.mean(hits))
+
+
+def evaluate_method(learner: PromptLearner, data: TaskData, cfg: BenchConfig) -> dict[str, float]:
+    """Accuracies (percent) on the three test splits, the shortcut rate, attention and cue diagnostics."""
+    result: dict[str, float] = {}
+    for split in TEST_SPLITS:
+        preds, labels = predict(learner, data.samples[split])
+        result[split.replace("test_", "") + "_acc"] = round(100.0 * float(np.mean(preds == labels)), 4)
+        if split == "test_conflicting":
+            result["shortcut_rate"] = round(100.0 * _shortcut_rate(preds, data, split), 4)
+    dapt = cfg.dapt("gradcam")
+    attention = attention_on_object(learner, data.samples["test_conflicting"], data.masks["test_conflicting"],
+                                    method=cfg.cam_method)
+    cue = attention_on_object(learner, data.samples["train"], data.masks["train"], method="gradcam",
+                              cue_threshold=dapt.cam_threshold)
+    result.update(attention)
+    result["train_cue_iou"] = cue["cue_iou"]
+    result["bg_pseudo_label_acc"] = background_pseudo_label_accuracy(
+        learner, data.samples["train"], data.masks["train"], data.scenes["train"], dapt)
+    return result
+
+
+def _shortcut_rate(preds: np.ndarray, data: TaskData, split: str) -> float:
+    """Share of images predicted as the class whose training background they show (NaN if none is paired)."""
+    owner = {bg: data.task.classnames.index(obj) for obj, bg in data.task.pairing.items()}
+    pairs = [(p, owner[s.background]) for p, s in zip(preds, data.scenes[split]) if s.background in owner]
+    return float(np.mean([p == o for p, o in pairs])) if pairs else math.nan
+
+
+def _resize(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    if cam.shape == shape:
+        return cam
+    return np.maximum(cv2.resize(cam.astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR), 0)
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    finite = [v for v in values if not math.isnan(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+Reporter = Callable[[dict], None]
+
+
+def run_task_methods(backbone: Backbone, cfg: BenchConfig, seed: int, shots: int, *,
+                     on_trained: Callable[[Method, PromptLearner, dict, list[dict]], None] | None = None,
+                     report: Reporter | None = None) -> list[dict]:
+    """Train and evaluate every configured method on the task of one (seed, shots).
+
+    Args:
+        on_trained: called with (method, learner, metrics, history) after each method, e.g. to save it.
+        report: called with each finished run record (progress output).
+
+    Returns:
+        One record per method: shots, seed, method, seconds and the metrics of `evaluate_method`.
+    """
+    records = []
+    with tempfile.TemporaryDirectory(prefix="dapt-synth-bench-") as tmp:
+        data = load_task(build_task(cfg, seed, shots), Path(tmp) / "task")
+        # a CAM spread evenly over the image puts this share on the object: the chance level of both
+        # attention metrics
+        area = float(np.mean([scene.mask.mean() for scene in data.scenes["test_conflicting"]]))
+        for name in cfg.methods:
+            method = METHODS[name]
+            started = time.perf_counter()
+            learner, history = train_method(method, backbone, data, cfg, seed)
+            trained = time.perf_counter() - started
+            metrics = evaluate_method(learner, data, cfg)
+            record = {"shots": shots, "seed": seed, "method": name, "train_seconds": round(trained, 2),
+                      "seconds": round(time.perf_counter() - started, 2), **metrics, "object_area": area,
+                      "history": [{k: round(v, 6) for k, v in epoch.items() if k != "seconds"}
+                                  for epoch in history]}
+            if on_trained is not None:
+                on_trained(method, learner, metrics, history)
+            if report is not None:
+                report(record)
+            records.append(record)
+    return records
+
+
+def aggregate(records: list[dict]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """Mean and sample standard deviation (ddof=1; 0 for one seed) over seeds.
+
+    Returns:
+        ``{shots: {method: {metric: {"mean", "std", "n"}}}}`` with shots as a string key.
+    """
+    grouped: dict[tuple[int, str], list[dict]] = {}
+    for r in records:
+        grouped.setdefault((r["shots"], r["method"]), []).append(r)
+    out: dict = {}
+    for (shots, method), runs in grouped.items():
+        metrics = [k for k, v in runs[0].items() if isinstance(v, float) and k not in ("seconds", "train_seconds")]
+        stats = {}
+        for k in metrics:
+            values = np.array([r[k] for r in runs], dtype=np.float64)
+            values = values[~np.isnan(values)]
+            std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            stats[k] = {"mean": float(values.mean()) if len(values) else math.nan, "std": std, "n": len(values)}
+        out.setdefault(str(shots), {})[method] = stats
+    return out
+
+
+def summary_line(aggregated: dict, shots: int) -> dict[str, dict[str, float]]:
+    """The command's last stdout line: per method, the means of `SUMMARY_FIELDS` at one shot count; attention
+    fields as fractions in [0, 1], accuracies in percent."""
+    return {method: {k: round(stats[k]["mean"], 4) for k in SUMMARY_FIELDS}
+            for method, stats in aggregated[str(shots)].items()}
+
+
+def run_bench(cfg: BenchConfig, *, backbone: Backbone | None = None, report: Reporter | None = None,
+              on_task_done: Reporter | None = None) -> dict:
+    """Run every (shots, seed, method) of `cfg`: seed by seed, each over all shot counts, so a stopped run
+    has every shot count at its first seeds.
+
+    Args:
+        report: called with each finished run record.
+        on_task_done: called with the result so far after every (shots, seed) task, e.g. to write a partial
+            report that a long run leaves behind even when it is stopped.
+
+    Returns:
+        ``{"config", "settings", "runs", "summary", "tasks_done", "tasks_total", "seconds"}``; ``summary`` is
+        :func:`aggregate`'s output.
+    """
+    started = time.perf_counter()
+    backbone = backbone or load_backbone(cfg.backbone, weights_path=cfg.weights, device=cfg.device)
+    records: list[dict] = []
+    result: dict = {"config": asdict(cfg), "settings": settings(cfg, backbone),
+                    "tasks_total": len(cfg.shots) * len(cfg.seeds)}
+    for task_no, (shots, seed) in enumerate([(n, s) for s in cfg.seeds for n in cfg.shots], start=1):
+        records += run_task_methods(backbone, cfg, seed, shots, report=report)
+        result.update(runs=records, summary=aggregate(records), tasks_done=task_no,
+                      seconds=round(time.perf_counter() - started, 1))
+        if on_task_done is not None:
+            on_task_done(result)
+    return result
+
+
+def settings(cfg: BenchConfig, backbone: Backbone) -> dict:
+    """Every setting a run used, for the report: training, DAPT per cue, learner options, backbone."""
+    example_seed = cfg.seeds[0]
+    return {
+        "backbone": backbone.describe(),
+        "train": asdict(cfg.train_config(example_seed)) | {"seed": "= the task seed"},
+        "dapt": {cue: asdict(cfg.dapt(cue)) for cue in ("mask", "gradcam")},
+        "learners": {name: {"learner": m.learner, "options": cfg.learner_options(m), "trained": m.trained}
+                     for name, m in METHODS.items() if name in cfg.methods},
+        "task": {"n_classes": cfg.n_classes or len(OBJECT_CLASSES), "n_test_per_class": cfg.n_test},
+        "attention": {"cam": cfg.cam_method, "target": "true class", "split": "test_conflicting"},
+    }
+
+
+# Config fields that may differ between runs that are merged into one table.
+MERGEABLE_FIELDS = ("seeds", "device")
+
+
+def merge_results(results: Sequence[dict]) -> dict:
+    """Merge the results of runs that differ only in their seeds (e.g. one process per seed) into one.
+
+    Raises:
+        ValueError: the runs differ in another setting, or two runs hold the same (shots, seed, method).
+    """
+    if not results:
+        raise ValueError("merge_results: nothing to merge")
+    first = {k: v for k, v in results[0]["config"].items() if k not in MERGEABLE_FIELDS}
+    records, seen = [], set()
+    for i, result in enumerate(results):
+        other = {k: v for k, v in result["config"].items() if k not in MERGEABLE_FIELDS}
+        diff = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
+        if diff:
+            raise ValueError(f"results[{i}]: differs from results[0] in {diff}; only seeds may differ")
+        for r in result["runs"]:
+            key = (r["shots"], r["seed"], r["method"])
+            if key in seen:
+                raise ValueError(f"results[{i}]: (shots, seed, method) {key} appears twice")
+            seen.add(key)
+            records.append(r)
+    seeds = sorted({r["seed"] for r in records})
+    # a run stopped part-way still counts only the (shots, seed) tasks it finished
+    done = {(r["shots"], r["seed"]) for r in records}
+    return dict(results[0], config={**results[0]["config"], "seeds": seeds}, runs=records,
+                summary=aggregate(records), tasks_done=len(done),
+                tasks_total=len(results[0]["config"]["shots"]) * len(seeds),
+                seconds=round(sum(r["seconds"] for r in results), 1))

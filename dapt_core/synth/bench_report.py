@@ -1,0 +1,297 @@
+"""What the background-shift benchmark leaves on disk: raw JSON, a Markdown table, a figure, example images and
+the bundled prompt sets.
+
+The Markdown report is regenerated on every run, except for its ``## Findings`` section: a hand-written
+reading of the numbers survives a rerun. Figures use ``matplotlib.figure.Figure`` (never pyplot) and are
+saved through `dapt_core.figure.save_figure`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from dapt_core.backbones import Backbone, load_backbone
+from dapt_core.checkpoint import save_prompt_set
+from dapt_core.figure import save_figure
+from dapt_core.learners.base import PromptLearner
+from dapt_core.synth.bench import METHODS, BenchConfig, Method, Reporter, run_task_methods, task_names
+from dapt_core.synth.task import make_task, spurious_pairing
+
+FINDINGS_HEADING = "## Findings"
+FINDINGS_PLACEHOLDER = "_Not written yet: read the tables above and the diagnostics, then record what they show._"
+# (key in a run record, column title, scale applied for display, decimals)
+TABLE_COLUMNS = (
+    ("aligned_acc", "aligned acc %", 1.0, 1),
+    ("balanced_acc", "balanced acc %", 1.0, 1),
+    ("conflicting_acc", "conflicting acc %", 1.0, 1),
+    ("shortcut_rate", "conflicting: predicted the background's class %", 1.0, 1),
+    ("object_attention", "object attention (0-1)", 1.0, 3),
+    ("pointing_game", "pointing game (0-1)", 1.0, 3),
+)
+DIAGNOSTIC_COLUMNS = (
+    ("object_area", "object area share = chance level of the attention metrics (conflicting)", 1.0, 3),
+    ("train_cue_iou", "Grad-CAM cue IoU with the true mask (train images)", 1.0, 3),
+    ("bg_pseudo_label_acc", "background pseudo-label = true background (train)", 1.0, 3),
+)
+DAPT_PAIRS = (("coop", "coop+dapt-mask"), ("coop", "coop+dapt-gradcam"),
+              ("maple", "maple+dapt-mask"), ("maple", "maple+dapt-gradcam"))
+ACCURACY_BARS = (("aligned_acc", "aligned", "#4c72b0"), ("balanced_acc", "balanced", "#55a868"),
+                 ("conflicting_acc", "conflicting", "#c44e52"))
+ATTENTION_BARS = (("object_attention", "object attention", "#8172b2"),
+                  ("pointing_game", "pointing game", "#ccb974"))
+CHANCE_COLOUR = "#555555"
+FIGURE_ROW_HEIGHT_IN = 3.4
+LEGEND_HEADROOM = 1.15
+FIGURE_WIDTH_IN = 13.0
+BAR_GROUP_WIDTH = 0.8
+EXAMPLE_VIEW_SIZE = 256  # upscaled copies for viewing; 64 px is native
+EXAMPLE_CANDIDATES = 3
+REPORT_FILE_MODE = 0o644  # mkstemp makes 0600 files; reports are for everyone to read  # test scenes per class to choose the examples from
+
+
+def _cell(stats: dict | None, scale: float, decimals: int) -> str:
+    if stats is None or stats["n"] == 0 or math.isnan(stats["mean"]):
+        return "n/a"
+    mean, std = stats["mean"] * scale, stats["std"] * scale
+    return f"{mean:.{decimals}f} ± {std:.{decimals}f}" if stats["n"] > 1 else f"{mean:.{decimals}f}"
+
+
+def _table(per_method: dict, columns: tuple) -> list[str]:
+    lines = ["| method | " + " | ".join(title for _, title, _, _ in columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
+    for method, stats in per_method.items():
+        cells = [_cell(stats.get(key), scale, dec) for key, _, scale, dec in columns]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _deltas(per_method: dict) -> list[str]:
+    lines = ["| DAPT vs base | conflicting acc (points) | balanced acc (points) | object attention |",
+             "|---|---|---|---|"]
+    for base, dapt in DAPT_PAIRS:
+        if base in per_method and dapt in per_method:
+            diff = [per_method[dapt][k]["mean"] - per_method[base][k]["mean"]
+                    for k in ("conflicting_acc", "balanced_acc", "object_attention")]
+            lines.append(f"| {dapt} − {base} | {diff[0]:+.1f} | {diff[1]:+.1f} | {diff[2]:+.3f} |")
+    return lines
+
+
+def _existing_findings(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8")
+    start = text.find(FINDINGS_HEADING)
+    return text[start:].rstrip() + "\n" if start >= 0 else None
+
+
+def markdown_report(result: dict, findings: str | None = None, command: str | None = None) -> str:
+    """The report text: one table per shot count, DAPT-minus-base deltas, diagnostics, settings, findings."""
+    cfg = result["config"]
+    lines = ["# Background-shift benchmark on the synthetic world", ""]
+    if command:
+        lines += [f"Command: `{command}`", ""]
+    lines += [
+        f"Backbone `{cfg['backbone']}`; shots {list(cfg['shots'])}; seeds {list(cfg['seeds'])} (mean ± sample std "
+        f"over seeds where there are several); {cfg['epochs']} epochs, batch {cfg['batch_size']}, lr {cfg['lr']}; "
+        f"DAPT schedule `{cfg['schedule']}` (switch epoch {result['settings']['dapt']['mask']['switch_epoch']}); "
+        f"{result['settings']['task']['n_classes']} classes, {cfg['n_test']} test images per class and split; "
+        f"wall time {result['seconds']:.0f} s.",
+        "",
+    ]
+    if result["tasks_done"] < result["tasks_total"]:
+        lines += [f"**Partial: {result['tasks_done']} of {result['tasks_total']} (shots, seed) tasks done so far.**",
+                  ""]
+    lines += [
+        "Training shows every object on its own background only. Test splits: *aligned* (pairing holds), "
+        "*balanced* (backgrounds independent of the object), *conflicting* (every object on another class's "
+        "training background). Attention columns: Grad-CAM of the TRUE class on the conflicting images, "
+        "share of its energy inside the true object mask (`object_share`) and whether its peak is on the "
+        "object (`pointing_game`). `zero-shot` is CoOp initialised from \"a photo of a\" and not trained.",
+        "",
+    ]
+    for shots, per_method in result["summary"].items():
+        lines += [f"## {shots} shot(s) per class", "", *_table(per_method, TABLE_COLUMNS), "",
+                  *_deltas(per_method), "", "Diagnostics:", "", *_table(per_method, DIAGNOSTIC_COLUMNS), ""]
+    lines += ["## Settings", "", "```json", json.dumps(result["settings"], indent=1), "```", ""]
+    lines += [findings.rstrip() if findings else f"{FINDINGS_HEADING}\n\n{FINDINGS_PLACEHOLDER}", ""]
+    return "\n".join(lines)
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.chmod(tmp, REPORT_FILE_MODE)
+    os.replace(tmp, path)
+
+
+def bench_figure(result: dict) -> Figure:
+    """Per shot count, a row: the three accuracies per method, then object attention and pointing game."""
+    summary = result["summary"]
+    fig = Figure(figsize=(FIGURE_WIDTH_IN, FIGURE_ROW_HEIGHT_IN * len(summary)), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(summary), 2, squeeze=False)
+    for row, (shots, per_method) in enumerate(summary.items()):
+        methods = list(per_method)
+        for ax, bars, ylabel, top in ((axes[row, 0], ACCURACY_BARS, "accuracy (%)", 100.0),
+                                      (axes[row, 1], ATTENTION_BARS, "fraction", 1.0)):
+            width = BAR_GROUP_WIDTH / len(bars)
+            x = np.arange(len(methods))
+            for i, (key, label, colour) in enumerate(bars):
+                means = [per_method[m][key]["mean"] for m in methods]
+                stds = [per_method[m][key]["std"] for m in methods]
+                ax.bar(x + (i - (len(bars) - 1) / 2) * width, means, width, yerr=stds, label=label, color=colour,
+                       capsize=2)
+            if key == ACCURACY_BARS[-1][0]:
+                ax.axhline(100.0 / result["settings"]["task"]["n_classes"], color=CHANCE_COLOUR, linestyle="--",
+                           linewidth=1, label="chance (1 / classes)")
+            if key == ATTENTION_BARS[-1][0] and "object_area" in per_method[methods[0]]:
+                ax.axhline(per_method[methods[0]]["object_area"]["mean"], color=CHANCE_COLOUR, linestyle="--",
+                           linewidth=1, label="chance (object area)")
+            ax.set_xticks(x, methods, rotation=25, ha="right", fontsize=8)
+            # headroom above the axis range keeps the legend clear of the bars
+            ax.set_ylim(0, top * LEGEND_HEADROOM)
+            ax.set_yticks(np.linspace(0, top, 6))
+            ax.set_ylabel(ylabel)
+            ax.legend(fontsize=7, loc="upper center", ncol=len(bars) + 1, frameon=False)
+            ax.grid(axis="y", alpha=0.3)
+        axes[row, 0].set_title(f"{shots} shot(s): accuracy per test split", fontsize=9)
+        axes[row, 1].set_title(f"{shots} shot(s): attention on the object (conflicting images, true class)",
+                               fontsize=9)
+    return fig
+
+
+def write_report(result: dict, out_dir: str | Path, name: str = "synth_bench",
+                 command: str | None = None) -> dict[str, Path]:
+    """Write ``<name>.json``, ``<name>.md`` (keeping an existing Findings section) and ``<name>.png``."""
+    out_dir = Path(out_dir)
+    paths = {"json": out_dir / f"{name}.json", "markdown": out_dir / f"{name}.md", "figure": out_dir / f"{name}.png"}
+    _write_text(paths["json"], json.dumps(result, indent=1, default=str) + "\n")
+    findings = _existing_findings(paths["markdown"])
+    _write_text(paths["markdown"], markdown_report(result, findings, command))
+    save_figure(bench_figure(result), paths["figure"])
+    return paths
+
+
+def write_examples(root: str | Path, seed: int = 1, n_aligned: int = 2, n_conflicting: int = 4,
+                   size: int = 64) -> list[dict]:
+    """Write a few scenes of the spurious task of `seed` (its test splits, never its training images).
+
+    Each example is ``NN_<split>_<object>_on_<background>.png`` (native size), its exact mask
+    ``..._mask.png`` (0 / 255) and a nearest-neighbour ``..._256.png`` copy for viewing, plus an
+    ``examples.json`` index and a ``README.md`` table. Aligned examples show an object on its training
+    background; conflicting ones show it on another class's training background, each on a different one.
+    Deterministic: same arguments, same bytes.
+
+    Returns:
+        One record per example: file, mask, view, split, object, background, training_background (the
+        object's), background_trains (the class trained on this background), colour, task_seed.
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    task = make_task(seed, 1, size=size, n_test=EXAMPLE_CANDIDATES)
+    owner = {bg: obj for obj, bg in task.pairing.items()}
+    picks = [("aligned", task.test_aligned[i * EXAMPLE_CANDIDATES]) for i in range(n_aligned)]
+    used: set[str] = set()
+    for scene in task.test_conflicting[n_aligned * EXAMPLE_CANDIDATES:]:
+        taken = {s.object for split, s in picks if split == "conflicting"}
+        if len(used) < n_conflicting and scene.object not in taken and scene.background not in used:
+            picks.append(("conflicting", scene))
+            used.add(scene.background)
+    records = []
+    for i, (split, scene) in enumerate(picks):
+        stem = f"{i:02d}_{split}_{scene.object}_on_{scene.background}"
+        image = np.ascontiguousarray(scene.image[..., ::-1])
+        view = cv2.resize(image, (EXAMPLE_VIEW_SIZE, EXAMPLE_VIEW_SIZE), interpolation=cv2.INTER_NEAREST)
+        for suffix, array in (("", image), ("_mask", scene.mask.astype(np.uint8) * 255), ("_256", view)):
+            ok, buffer = cv2.imencode(".png", array)
+            if not ok:
+                raise ValueError(f"{root / stem}{suffix}.png: PNG encoding failed")
+            (root / f"{stem}{suffix}.png").write_bytes(buffer.tobytes())
+        records.append({"file": f"{stem}.png", "mask": f"{stem}_mask.png", "view": f"{stem}_256.png",
+                        "split": split, "object": scene.object, "background": scene.background,
+                        "training_background": task.pairing[scene.object],
+                        "background_trains": owner.get(scene.background), "colour": scene.colour,
+                        "task_seed": seed})
+    _write_text(root / "examples.json", json.dumps(records, indent=1) + "\n")
+    _write_text(root / "README.md", _examples_readme(records, task.pairing, seed))
+    return records
+
+
+def _examples_readme(records: list[dict], pairing: dict[str, str], seed: int) -> str:
+    lines = [
+        "# Example images of the synthetic world",
+        "",
+        f"Written by `python -m dapt_core bench synth-examples --seed {seed}` "
+        "(`dapt_core.synth.bench_report.write_examples`); the same command always writes the same bytes.",
+        "",
+        f"They are test scenes of the spurious-background task of seed {seed}, the task the bundled prompt sets "
+        "in `checkpoints/prompts/` were trained on (never its training images). In that task's training set "
+        "every object class appears on one background only: "
+        + ", ".join(f"{obj} on {bg}" for obj, bg in pairing.items()) + ".",
+        "",
+        "- *aligned*: the object on its own training background (a background reader gets it right);",
+        "- *conflicting*: the object on another class's training background (a background reader names that "
+        "other class).",
+        "",
+        "Each `NN_*.png` is the 64 px native image, `*_mask.png` its exact object mask (255 = object, 0 = "
+        "background) and `*_256.png` a nearest-neighbour upscale for viewing.",
+        "",
+        "| file | split | object | colour | background | object's training background | background trains |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        lines.append(f"| `{r['file']}` | {r['split']} | {r['object']} | {r['colour']} | {r['background']} | "
+                     f"{r['training_background']} | {r['background_trains'] or '-'} |")
+    return "\n".join(lines) + "\n"
+
+
+# File stem of each method's bundled prompt set; "dapt" alone means the ground-truth mask cue.
+PROMPT_SET_STEMS = {
+    "coop": "synth-coop",
+    "coop+dapt-mask": "synth-coop-dapt",
+    "coop+dapt-gradcam": "synth-coop-dapt-gradcam",
+    "maple": "synth-maple",
+    "maple+dapt-mask": "synth-maple-dapt",
+    "maple+dapt-gradcam": "synth-maple-dapt-gradcam",
+}
+
+
+def train_prompt_sets(out_dir: str | Path, cfg: BenchConfig, *, backbone: Backbone | None = None,
+                      report: Reporter | None = None) -> list[Path]:
+    """Train the configured methods on the task of ``(cfg.seeds[0], cfg.shots[0])`` and save each as a prompt set.
+
+    Files are ``out_dir/<PROMPT_SET_STEMS[method]>.safetensors``; their metadata holds the training and DAPT
+    settings and the benchmark metrics of that run (accuracies in percent, attention in [0, 1]).
+    """
+    trainable = [m for m in cfg.methods if METHODS[m].trained]
+    if not trainable:
+        raise ValueError(f"methods: none of {list(cfg.methods)} is trained; nothing to save")
+    cfg = replace(cfg, methods=tuple(trainable))
+    backbone = backbone or load_backbone(cfg.backbone, weights_path=cfg.weights, device=cfg.device)
+    seed, shots = cfg.seeds[0], cfg.shots[0]
+    out_dir = Path(out_dir)
+    written: list[Path] = []
+
+    def save(method: Method, learner: PromptLearner, metrics: dict, history: list[dict]) -> None:
+        train_meta = {**asdict(cfg.train_config(seed)), "data": f"synth spurious task, seed {seed}",
+                      "shots": shots, "n_test_per_class": cfg.n_test,
+                      "pairing": spurious_pairing(seed, *task_names(cfg)), "history": history}
+        dapt = cfg.dapt(method.cue) if method.cue != "off" else None
+        path = out_dir / f"{PROMPT_SET_STEMS[method.name]}.safetensors"
+        written.append(save_prompt_set(learner, path, dapt=dapt, train_config=train_meta, metrics=metrics,
+                                       name=PROMPT_SET_STEMS[method.name]))
+
+    run_task_methods(backbone, cfg, seed, shots, on_trained=save, report=report)
+    return written
