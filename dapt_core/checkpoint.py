@@ -9,14 +9,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from dapt_core.fileio import atomic_path
 from dapt_core.backbones import Backbone
 from dapt_core.learners import build_learner
 from dapt_core.learners.base import PromptLearner
@@ -52,18 +51,6 @@ class PromptSetInfo:
         return f"{learner} + DAPT ({dapt['cue']})" if dapt.get("cue", "off") != "off" else learner
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_prompt_set(learner: PromptLearner, path: str | Path, *, dapt: DaptConfig | None = None,
                     train_config: dict | None = None, metrics: dict | None = None, name: str | None = None) -> Path:
     """Writes the learner's prompts and metadata to ``path`` (temporary file, then rename)."""
@@ -87,7 +74,8 @@ def save_prompt_set(learner: PromptLearner, path: str | Path, *, dapt: DaptConfi
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     tensors = {k: v.detach().cpu().contiguous() for k, v in learner.state_dict().items()}
-    _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(meta)}))
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(meta)})
     log.info("saved prompt set %s (%s, %d classes)", path, learner.kind, len(learner.classnames))
     return path
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from dapt_core.fileio import atomic_path
 from dapt_core.overlay import heatmap_overlay, outline, split_views
 
 logger = logging.getLogger(__name__)
@@ -187,15 +187,8 @@ def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = FIGURE_DPI) 
     target = Path(path)
     if target.suffix.lower() != ".png":
         raise ValueError(f"save_figure writes PNG; {target} must end in .png")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(handle)
-    try:
-        fig.savefig(temp_name, format="png", dpi=dpi, metadata={"Software": None})
-        os.replace(temp_name, target)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None})
     logger.debug("saved figure to %s", target)
     return target
 

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from dapt_core.fileio import atomic_path
 from dapt_core.data import MASK_RANGE_TOLERANCE, DataError, Sample
 
 log = logging.getLogger(__name__)
@@ -205,15 +204,8 @@ class MaskCache:
         """Stores a float (H, W) mask in [0, 1] for ``key``, atomically."""
         path = self.path_for(key)
         pixels = quantise_mask(_as_mask(mask, f"for cache key {key}"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:8]}-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                Image.fromarray(pixels).save(handle, format="PNG")
-            os.replace(tmp_name, path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp:
+            Image.fromarray(pixels).save(tmp, format="PNG")
 
 
 class CachedProvider:

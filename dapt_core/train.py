@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -22,6 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from dapt_core.fileio import atomic_path
 from dapt_core.attention_metrics import binarize
 from dapt_core.cam import compute_cams
 from dapt_core.data import PromptDataset, Sample
@@ -92,10 +92,9 @@ def refresh_gradcam_masks(learner: PromptLearner, dataset: PromptDataset, store:
 
 def _save_state(path: Path, learner: PromptLearner, optimizer: torch.optim.Optimizer, epoch: int,
                 history: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"learner": learner.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                "history": history, "rng": torch.get_rng_state()}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"learner": learner.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
+                    "history": history, "rng": torch.get_rng_state()}, tmp)
 
 
 def train_prompts(learner: PromptLearner, samples: list[Sample], cfg: TrainConfig, dapt: DaptConfig, *,

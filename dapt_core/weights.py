@@ -15,7 +15,6 @@ import os
 import pickle
 import re
 import socket
-import tempfile
 import threading
 import urllib.parse
 import urllib.request
@@ -29,6 +28,7 @@ from huggingface_hub import constants as hf_constants
 from tqdm.auto import tqdm
 
 from dapt_core import paths
+from dapt_core.fileio import atomic_path
 
 __all__ = [
     "UnknownWeightsError",
@@ -254,12 +254,9 @@ def _stream_url_to_checkpoints(spec: WeightSpec) -> Path:
     verified, so no partial file ever carries the final name."""
     assert spec.url is not None
     target = _checkpoint_file(spec)
-    target.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.filename}.", suffix=".part", dir=target.parent)
-    tmp_path = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(spec.url, timeout=URL_READ_TIMEOUT_S) as resp:
+    with atomic_path(target, suffix=".part") as tmp_path:
+        with open(tmp_path, "wb") as out, urllib.request.urlopen(spec.url, timeout=URL_READ_TIMEOUT_S) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=spec.filename, disable=None) as bar:
                 while chunk := resp.read(DOWNLOAD_CHUNK_BYTES):
@@ -271,9 +268,6 @@ def _stream_url_to_checkpoints(spec: WeightSpec) -> Path:
                 f"download of {spec.name} from {spec.url} has sha256 {digest.hexdigest()}, expected "
                 f"{spec.sha256}; the file was discarded (corrupt or changed upstream)"
             )
-        os.replace(tmp_path, target)
-    finally:
-        tmp_path.unlink(missing_ok=True)
     logger.info("downloaded %s to %s (sha256 %s)", spec.name, target, digest.hexdigest())
     return target
 

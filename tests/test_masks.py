@@ -127,3 +127,19 @@ def test_cached_provider_computes_once(tmp_path):
     # A fresh provider over the same cache (a new run) computes nothing.
     assert np.array_equal(CachedProvider(cache, compute).get(0, Sample(image, 0, "c")), first)
     assert len(calls) == 1
+
+
+def test_atomic_writes_leave_ordinary_permissions_and_nothing_on_failure(tmp_path):
+    import os
+
+    import pytest as _pytest
+
+    from dapt_core.fileio import NEW_FILE_MODE, atomic_path, write_bytes_atomic
+
+    target = write_bytes_atomic(tmp_path / "a.bin", b"first")
+    assert os.stat(target).st_mode & 0o777 == NEW_FILE_MODE
+    with _pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("crash mid-write")
+    assert target.read_bytes() == b"first" and [p.name for p in tmp_path.iterdir()] == ["a.bin"]

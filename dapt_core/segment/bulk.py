@@ -11,8 +11,6 @@ true class and a CLIP scorer of masked regions.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from dapt_core.fileio import atomic_path
 from dapt_core.data import Sample, load_rgb
 from dapt_core.segment.base import SegmentContext, Segmenter
 
@@ -66,15 +65,8 @@ def mask_path(image_path: Path, image_root: Path, mask_root: Path) -> Path:
 def write_mask_png(path: Path, mask: np.ndarray) -> None:
     """Writes a bool (H, W) mask as a 0/255 PNG atomically (temporary file + ``os.replace``)."""
     pixels = np.where(np.asarray(mask, dtype=bool), FOREGROUND_VALUE, 0).astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            Image.fromarray(pixels, mode="L").save(handle, format="PNG")
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        Image.fromarray(pixels, mode="L").save(tmp, format="PNG")
 
 
 def _targets(samples: Sequence[Sample], image_root: Path, mask_root: Path) -> list[Path]:

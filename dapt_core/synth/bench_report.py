@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from dapt_core.fileio import write_bytes_atomic
 from dapt_core.backbones import Backbone, load_backbone
 from dapt_core.checkpoint import save_prompt_set
 from dapt_core.figure import save_figure
@@ -55,8 +54,7 @@ LEGEND_HEADROOM = 1.15
 FIGURE_WIDTH_IN = 13.0
 BAR_GROUP_WIDTH = 0.8
 EXAMPLE_VIEW_SIZE = 256  # upscaled copies for viewing; 64 px is native
-EXAMPLE_CANDIDATES = 3
-REPORT_FILE_MODE = 0o644  # mkstemp makes 0600 files; reports are for everyone to read  # test scenes per class to choose the examples from
+EXAMPLE_CANDIDATES = 3  # test scenes per class to choose the examples from
 
 
 def _cell(stats: dict | None, scale: float, decimals: int) -> str:
@@ -128,12 +126,7 @@ def markdown_report(result: dict, findings: str | None = None, command: str | No
 
 
 def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.chmod(tmp, REPORT_FILE_MODE)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, text.encode("utf-8"))
 
 
 def bench_figure(result: dict) -> Figure:

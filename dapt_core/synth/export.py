@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from typing import Literal
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from dapt_core.fileio import write_bytes_atomic
 from dapt_core.synth.task import SpuriousTask
 from dapt_core.synth.world import Scene
 
@@ -51,19 +51,6 @@ def default_mask_root(root: str | os.PathLike) -> Path:
     """The mask root beside an image root: ``data/train`` -> ``data/train_masks``."""
     root = Path(root)
     return root.parent / f"{root.name}{MASK_ROOT_SUFFIX}"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder and an atomic rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _encode_png(array: np.ndarray, path: Path) -> bytes:
@@ -119,8 +106,8 @@ def export_imagefolder(
     for index, scene in enumerate(scenes):
         relative = Path(scene.object) / f"{index:0{_INDEX_DIGITS}d}.png"
         image_path, mask_path = root / relative, mask_root / relative
-        _write_atomic(image_path, _encode_png(np.ascontiguousarray(scene.image[..., ::-1]), image_path))
-        _write_atomic(mask_path, _encode_png(scene.mask.astype(np.uint8) * _MASK_ON, mask_path))
+        write_bytes_atomic(image_path, _encode_png(np.ascontiguousarray(scene.image[..., ::-1]), image_path))
+        write_bytes_atomic(mask_path, _encode_png(scene.mask.astype(np.uint8) * _MASK_ON, mask_path))
         records.append(
             {
                 "path": relative.as_posix(),
@@ -132,7 +119,7 @@ def export_imagefolder(
         )
         paths.append(image_path)
     lines = "".join(json.dumps(record) + "\n" for record in records)
-    _write_atomic(root / METADATA_NAME, lines.encode("utf-8"))
+    write_bytes_atomic(root / METADATA_NAME, lines.encode("utf-8"))
     return ImageFolderExport(image_root=root, mask_root=mask_root, image_paths=tuple(paths))
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -34,6 +33,7 @@ from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from dapt_core.fileio import atomic_path
 from dapt_core import paths
 from dapt_core.synth.shapes import OBJECT_CLASSES
 from dapt_core.synth.task import _cycled
@@ -217,10 +217,8 @@ def save_weights(model: nn.Module, path: str | Path, dtype: str, metadata: dict[
     cast = getattr(torch, dtype)
     state = {k: (v.detach().to(cast) if v.is_floating_point() else v.detach()).contiguous().cpu()
              for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
     return path
 
 
