@@ -18,6 +18,13 @@ from dapt_core.segment.base import (
 )
 
 
+def cam_candidate(cam: np.ndarray, threshold: float) -> Candidate:
+    """The thresholded CAM as a candidate mask: (H, W) bool where ``cam >= threshold * max(cam)``."""
+    mask = binarize(cam, threshold)
+    return Candidate(mask=mask, prompt=f"CAM >= {threshold:g} x peak", predicted_iou=None, clip_score=None,
+                     area=mask_area(mask))
+
+
 @dataclass(frozen=True)
 class CamThresholdConfig:
     """Settings of the thresholded-CAM segmenter."""
@@ -60,8 +67,6 @@ class CamThresholdSegmenter:
         start = time.perf_counter()
         image = check_image(image)
         cam = context_cam(ctx, image.shape, self.name)
-        mask = binarize(cam, self.config.threshold)
-        candidate = Candidate(mask=mask, prompt=f"CAM >= {self.config.threshold:g} x peak", predicted_iou=None,
-                              clip_score=None, area=mask_area(mask))
-        return SegmentResult(mask=mask, segmenter=self.name, candidates=[candidate], chosen=0,
+        candidate = cam_candidate(cam, self.config.threshold)
+        return SegmentResult(mask=candidate.mask, segmenter=self.name, candidates=[candidate], chosen=0,
                              seconds=time.perf_counter() - start, info={"threshold": self.config.threshold})

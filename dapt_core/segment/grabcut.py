@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from dapt_core.attention_metrics import binarize
+from dapt_core.segment.cam_threshold import cam_candidate
 from dapt_core.segment.base import (
     Candidate,
     SegmentContext,
@@ -132,17 +132,15 @@ class GrabCutSegmenter:
         start = time.perf_counter()
         image = check_image(image)
         cam = context_cam(ctx, image.shape, self.name)
-        cam_mask = binarize(cam, self.config.foreground_threshold)
-        cam_candidate = Candidate(mask=cam_mask, prompt=f"CAM >= {self.config.foreground_threshold:g} x peak",
-                                  predicted_iou=None, clip_score=None, area=mask_area(cam_mask))
+        from_cam = cam_candidate(cam, self.config.foreground_threshold)
         mask, failure = self._grabcut(image, cam)
         if mask is None:
             log.debug("grabcut fell back to the CAM mask: %s", failure)
-            candidates, chosen, result = [cam_candidate], 0, cam_mask
+            candidates, chosen, result = [from_cam], 0, from_cam.mask
         else:
             grab = Candidate(mask=mask, prompt=f"grabcut x{self.config.iterations} seeded by CAM",
                              predicted_iou=None, clip_score=None, area=mask_area(mask))
-            candidates, chosen, result = [grab, cam_candidate], 0, mask
+            candidates, chosen, result = [grab, from_cam], 0, mask
         info = {"fallback": failure, "work_size": self._work_size(*image.shape[:2]),
                 "foreground_threshold": self.config.foreground_threshold,
                 "background_threshold": self.config.background_threshold}
