@@ -117,6 +117,17 @@ class Handlers:
         self.segmenters = support.SegmenterMenu(exact_masks=any(e.mask for e in examples.items))
 
     # --- compare ------------------------------------------------------------------------------------------
+    def suggest_segmenter(self, image: Any, segmenter: str) -> str:
+        """An example image that comes with its exact object mask is measured against that mask."""
+        path = _upload_path(image)
+        try:
+            exact = path is not None and self.examples.exact_mask(path) is not None
+        except OSError:
+            exact = False
+        if exact:
+            return support.EXACT
+        return "cam" if segmenter == support.EXACT else segmenter
+
     @_guard
     def segmenter_note(self, image: Any, segmenter: str) -> str:
         """What the chosen segmenter does, why it cannot run, or (SAM) what it will cost on this image."""
@@ -352,6 +363,8 @@ def build_app(backbone: Backbone | None, *, banner: str | None = None, error: st
                     figure = gr.File(label="Comparison figure (PNG)")
                     with gr.Accordion("Raw results (JSON)", open=False):
                         summary = gr.JSON(label="Results")
+            image.change(h.suggest_segmenter, [image, segmenter], segmenter, api_visibility="private",
+                         preprocess=False, show_progress="hidden")
             for trigger in (image.change, segmenter.change):
                 trigger(h.segmenter_note, [image, segmenter], seg_note, api_visibility="private",
                         preprocess=False, show_progress="hidden")
