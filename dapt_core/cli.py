@@ -21,8 +21,10 @@ def _print_json(obj: dict) -> None:
     print(json.dumps(obj, sort_keys=False), flush=True)
 
 
-def _add_backbone_args(p: argparse.ArgumentParser, default: str | None = "ViT-B-16") -> None:
-    p.add_argument("--backbone", default=default, help="backbone name (see `weights list`); default: %(default)s")
+def add_backbone_args(p: argparse.ArgumentParser, default: str | None = "ViT-B-16",
+                      backbone_help: str = "backbone name (see `weights list`); default: %(default)s") -> None:
+    """The ``--backbone``, ``--weights`` and ``--device`` options every model-loading command shares."""
+    p.add_argument("--backbone", default=default, help=backbone_help)
     p.add_argument("--weights", default=None, help="explicit backbone weight file (wins over every other source)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ...; default: the GPU when there is one")
 
@@ -37,7 +39,7 @@ def _splits(args: argparse.Namespace):
     from dapt_core.data import parse_data_spec, subsample_classes
 
     splits = parse_data_spec(args.data)
-    return subsample_classes(splits, args.subsample) if args.subsample != "all" else splits
+    return subsample_classes(splits, args.subsample)
 
 
 # --- train --------------------------------------------------------------------------------------------------
@@ -47,7 +49,7 @@ def add_train(sub) -> None:
                        description="Tune CoOp or MaPLe prompts, optionally with the DAPT objective, and save "
                                    "them as a .safetensors prompt set. Re-running the same command resumes an "
                                    "interrupted run.")
-    _add_backbone_args(p)
+    add_backbone_args(p)
     p.add_argument("--learner", choices=["coop", "maple"], default="maple")
     p.add_argument("--dapt", choices=["off", "gradcam", "mask"], default="off",
                    help="DAPT cue: off, gradcam (coarse, the model's own Grad-CAM), mask (fine, --masks)")
@@ -76,12 +78,17 @@ def add_train(sub) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from dapt_core.checkpoint import save_prompt_set
-    from dapt_core.data import few_shot, image_root
+    from dapt_core.data import few_shot, image_root, read_class_list
     from dapt_core.learners import build_learner
-    from dapt_core.data import read_class_list
     from dapt_core.masks import MaskFolder
     from dapt_core.objective import DaptConfig
-    from dapt_core.train import TrainConfig, config_dict, evaluate, seed_everything, train_prompts
+    from dapt_core.train import (
+        TrainConfig,
+        config_dict,
+        evaluate,
+        seed_everything,
+        train_prompts,
+    )
 
     out = Path(args.out)
     if out.suffix != ".safetensors":
@@ -127,7 +134,7 @@ def add_eval(sub) -> None:
                        description="Accuracy and macro-F1 of a prompt set on a data set split. With "
                                    "--base-to-novel: accuracy on the base and the novel halves and their "
                                    "harmonic mean.")
-    _add_backbone_args(p, default=None)
+    add_backbone_args(p, default=None)
     p.add_argument("--prompts", required=True, help="prompt set (.safetensors)")
     p.add_argument("--data", required=True, help="imagefolder:PATH or coop:NAME:ROOT")
     p.add_argument("--subsample", choices=["all", "base", "novel"], default="all")
@@ -153,7 +160,7 @@ def run_eval(args: argparse.Namespace) -> int:
             result[half] = evaluate(learner, getattr(part, args.split), progress=True)["accuracy"]
         result["hm"] = round(harmonic_mean(result["base"], result["novel"]), 4)
     else:
-        part = subsample_classes(full, args.subsample) if args.subsample != "all" else full
+        part = subsample_classes(full, args.subsample)
         learner.set_classnames(part.classnames)
         result = evaluate(learner, getattr(part, args.split), progress=True)
     _print_json({"prompts": str(info.path), "split": args.split, **result})
@@ -168,7 +175,7 @@ def add_import(sub) -> None:
                                    "MaPLe/DAPT code into a .safetensors prompt set. The file is read with "
                                    "weights_only=True. The class list comes from --classes or --data.")
     p.add_argument("src", help="official checkpoint, e.g. prompt_learner/model.pth.tar-5")
-    _add_backbone_args(p)
+    add_backbone_args(p)
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--classes", help="file with one class name per line, in label order")
     group.add_argument("--data", help="imagefolder:PATH or coop:NAME:ROOT to take the class names from")

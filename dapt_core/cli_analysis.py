@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from dapt_core.cli import add_backbone_args
+
 NO_SEGMENTER = "none"
 
 
@@ -20,9 +22,7 @@ def add_commands(sub) -> None:
     p.add_argument("image", help="the image to analyse (any format PIL reads)")
     p.add_argument("--prompts", nargs="+", required=True, metavar="CKPT",
                    help="prompt sets (.safetensors) on one backbone, shown in this order")
-    p.add_argument("--backbone", default=None, help="backbone name; default: the first prompt set's")
-    p.add_argument("--weights", default=None, help="explicit backbone weight file (wins over every other source)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ...; default: the GPU when there is one")
+    add_backbone_args(p, None, "backbone name; default: the first prompt set's")
     p.add_argument("--segmenter", default="cam",
                    help="what finds the object: cam, grabcut, sam, or none (no numbers); default: %(default)s")
     p.add_argument("--mask", default=None, help="ground-truth foreground mask (image or .npy); wins over "

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from dapt_core import paths
+from dapt_core.cli import add_backbone_args
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +42,7 @@ def _name_list(text: str) -> tuple[str, ...]:
 
 
 def _add_training_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backbone", default="synth-mini", help="backbone name; default: %(default)s")
-    p.add_argument("--weights", default=None, help="explicit backbone weight file (wins over the registry)")
-    p.add_argument("--device", default=None, help="cpu, cuda, ...; default: the GPU when there is one")
+    add_backbone_args(p, "synth-mini")
     p.add_argument("--seed", type=int, default=1, help="first task/training seed; default: %(default)s")
     p.add_argument("--epochs", type=int, default=10, help="training epochs (official: 10)")
     p.add_argument("--batch-size", type=int, default=4, help="official: 4")

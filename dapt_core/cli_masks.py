@@ -11,6 +11,8 @@ import argparse
 import json
 import logging
 
+from dapt_core.cli import add_backbone_args
+
 log = logging.getLogger("dapt_core")
 
 SPLITS = ("train", "val", "test")
@@ -30,9 +32,7 @@ def add_commands(sub) -> None:
     p.add_argument("--prompts", default=None,
                    help="prompt set (.safetensors) whose Grad-CAM is the cue; without it, zero-shot CLIP "
                         f"('{ZERO_SHOT_CONTEXT} <class>.') of --backbone")
-    p.add_argument("--backbone", default=None, help="backbone (default: the prompt set's, else ViT-B-16)")
-    p.add_argument("--weights", default=None, help="explicit backbone weight file")
-    p.add_argument("--device", default=None, help="cpu, cuda, ...; default: the GPU when there is one")
+    add_backbone_args(p, None, "backbone (default: the prompt set's, else ViT-B-16)")
     p.add_argument("--classes", default=None,
                    help="file of class names in label order, to use instead of the data set's folder names")
     p.add_argument("--split", choices=SPLITS, default="train")

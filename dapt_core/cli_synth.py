@@ -7,6 +7,8 @@ import json
 import logging
 from dataclasses import replace
 
+from dapt_core.cli import add_backbone_args
+
 log = logging.getLogger("dapt_core")
 
 
@@ -49,9 +51,7 @@ def add_commands(sub) -> None:
                          description="Object accuracy (prompts 'a photo of a {object}.') and background "
                                      "accuracy (prompts 'a photo of {background phrase}.') in percent, on "
                                      "fresh scenes whose background is independent of the object.")
-    zs.add_argument("--backbone", default="synth-mini", help="backbone name; default: %(default)s")
-    zs.add_argument("--weights", default=None, help="explicit weight file for the backbone")
-    zs.add_argument("--device", default=None, help="cpu, cuda, ...; default: the GPU when there is one")
+    add_backbone_args(zs, "synth-mini")
     zs.add_argument("--n", type=int, default=2000, help="number of scenes; default: %(default)s")
     zs.add_argument("--seed", type=int, default=DEFAULT_EVAL_SEED, help="seed of the scenes; default: %(default)s")
     zs.set_defaults(func=run_zeroshot)
