@@ -28,7 +28,7 @@ def add_commands(sub) -> None:
     pre = ssub.add_parser("pretrain", help="pre-train the mini-CLIP contrastively on rendered scenes",
                           description="Train a CLIP from scratch on image-caption pairs rendered on the fly "
                                       "(backgrounds independent of objects) and write its weights as "
-                                      "safetensors. The defaults, with --threads 1, reproduce "
+                                      "safetensors. The defaults reproduce "
                                       "checkpoints/synth-mini.safetensors.")
     pre.add_argument("--seed", type=int, default=defaults.seed)
     pre.add_argument("--steps", type=int, default=defaults.steps)
@@ -40,10 +40,16 @@ def add_commands(sub) -> None:
     pre.add_argument("--positives", choices=["own", "all_true"], default=defaults.positives,
                      help="own: one positive per image, other true captions left out; all_true: every "
                           "caption true of an image is its positive")
+    pre.add_argument("--probe-head-weight", type=float, default=defaults.probe_head_weight,
+                     help="weight of the auxiliary linear object/background heads on the image tower (0 = off)")
+    pre.add_argument("--class-caption-weight", type=float, default=defaults.class_caption_weight,
+                     help="weight of the InfoNCE against one caption per class (0 = off)")
     pre.add_argument("--model", default=defaults.model_name, help="open_clip model config; default: %(default)s")
     pre.add_argument("--eval-every", type=int, default=defaults.eval_every,
                      help="steps between quick zero-shot probes (0 = none)")
     pre.add_argument("--threads", type=int, default=defaults.threads, help="torch CPU threads")
+    pre.add_argument("--precision", choices=["bf16", "fp32"], default=defaults.precision,
+                     help="bf16: bf16 autocast for both towers (weights and optimiser stay fp32); default: %(default)s")
     pre.add_argument("--out", default=None, help="weights to write (.safetensors); default: the bundled checkpoint")
     pre.set_defaults(func=run_pretrain)
 
@@ -62,7 +68,9 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
     cfg = replace(PretrainConfig(), seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                   warmup_steps=args.warmup, group_size=args.group_size, positives=args.positives,
-                  model_name=args.model, eval_every=args.eval_every, threads=args.threads)
+                  model_name=args.model, eval_every=args.eval_every, threads=args.threads,
+                  precision=args.precision, probe_head_weight=args.probe_head_weight,
+                  class_caption_weight=args.class_caption_weight)
     out = args.out if args.out is not None else default_out()
     summary = pretrain(cfg, out)
     summary.pop("model")

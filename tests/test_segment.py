@@ -34,7 +34,7 @@ from dapt_core.segment import sam as sam_module
 from dapt_core.segment.base import CamPromptConfig, cam_box, cam_peaks, choose_candidate
 from dapt_core.segment.bulk import learner_context_fn, mask_path, precompute_masks
 from dapt_core.segment.sam import SamConfig, SamSegmenter
-from dapt_core.synth import render_scene
+from dapt_core.synth import PoseConfig, SceneConfig, render_scene
 from dapt_core.weights import WeightsNotFoundError
 
 TINY_SAM_SIZE = 256  # encoder input side; 16 px patches -> a 16 x 16 embedding
@@ -61,7 +61,9 @@ def blurred_cam(mask: np.ndarray, sigma: float = 3.0) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def scene():
-    return render_scene("circle", "grass", 64, np.random.default_rng(3))
+    # a small circle: its blurred mask, the stand-in CAM, has one clear peak (SAM gets one point)
+    small = SceneConfig(pose=PoseConfig(min_radius=0.2, max_radius=0.25))
+    return render_scene("circle", "grass", 64, np.random.default_rng(3), config=small)
 
 
 @pytest.fixture(scope="module")

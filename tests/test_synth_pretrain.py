@@ -1,6 +1,7 @@
 import json
 import math
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,6 +17,8 @@ from dapt_core.synth import BACKGROUND_CLASSES, OBJECT_CLASSES
 from dapt_core.synth.pretrain import (
     PairBatch,
     PretrainConfig,
+    class_caption_loss,
+    class_captions,
     clip_loss,
     lr_at,
     pretrain,
@@ -53,6 +56,25 @@ def test_clip_loss_leaves_out_false_negatives():
         clip_loss(feats, feats, scale, same, positives="some")
 
 
+def test_class_captions_name_every_class_in_one_template():
+    objects, backgrounds = class_captions(np.random.default_rng(0))
+    assert len(objects) == len(OBJECT_CLASSES) and len(backgrounds) == len(BACKGROUND_CLASSES)
+    assert all(name in caption for name, caption in zip(OBJECT_CLASSES, objects))
+    assert any(caption.startswith(("an arrow", "a photo of an arrow", "a picture of an arrow", "a drawing of an arrow"))
+               for caption in objects)
+    # one template per set: the captions differ only in the class name
+    assert len({caption.replace(name, "#") for name, caption in zip(OBJECT_CLASSES, objects)}) <= 2  # a / an
+
+
+def test_class_caption_loss_is_cross_entropy_over_class_captions():
+    images = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    classes = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    loss = class_caption_loss(images, classes, torch.tensor(10.0), torch.tensor([0, 1]))
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-10.0)), abs=1e-6)
+    wrong = class_caption_loss(images, classes, torch.tensor(10.0), torch.tensor([1, 0]))
+    assert wrong.item() == pytest.approx(10.0 + math.log(1 + math.exp(-10.0)), rel=1e-4)
+
+
 def test_true_of_reads_stated_facts_only():
     facts = [{"object": "star", "colour": "red", "background": "grass"},
              {"object": "ring", "colour": "red", "background": "grass"},
@@ -64,8 +86,15 @@ def test_true_of_reads_stated_facts_only():
     assert template_facts("a {colour} {object} on {background}.") == ("object", "colour", "background")
 
 
+def test_sample_batch_draws_distinct_captions():
+    batch = sample_batch(np.random.default_rng(4), 128, 32, PretrainConfig())
+    plain = sample_batch(np.random.default_rng(4), 128, 32, PretrainConfig(distinct_captions=False))
+    assert len(set(batch.captions)) == 128 > len(set(plain.captions))
+    assert torch.equal(true_of(batch).diagonal(), torch.ones(128, dtype=torch.bool))
+
+
 def test_sample_batch_groups_look_alikes_and_stays_balanced():
-    cfg = PretrainConfig()
+    cfg = PretrainConfig(group_size=11)
     batch = sample_batch(np.random.default_rng(3), 33, 32, cfg)
     assert batch.images.shape == (33, 32, 32, 3) and len(batch.captions) == 33
     for g in range(3):
@@ -122,12 +151,36 @@ def test_pretrain_rejects_a_non_safetensors_out_before_training(tmp_path):
     with pytest.raises(ValueError, match="safetensors"):
         pretrain(TINY, tmp_path / "w.pt", progress=False)
     assert not (tmp_path / "w.pt").exists()
+    with pytest.raises(ValueError, match="precision"):
+        pretrain(replace(TINY, precision="fp16"), tmp_path / "w.safetensors", progress=False)
+    assert not (tmp_path / "w.safetensors").exists()
+
+
+def test_plain_clip_recipe_still_runs_and_bad_weights_are_refused(tmp_path):
+    plain = replace(TINY, probe_head_weight=0.0, class_caption_weight=0.0, group_size=11, distinct_captions=False,
+                    eval_every=0)
+    summary = pretrain(plain, progress=False)
+    assert summary["mean_loss_last_50"] < summary["first_loss"]
+    with pytest.raises(ValueError, match="probe_head_weight"):
+        pretrain(replace(TINY, probe_head_weight=-1.0), tmp_path / "w.safetensors", progress=False)
+    assert not (tmp_path / "w.safetensors").exists()
+
+
+def test_fp32_and_bf16_runs_both_learn():
+    # bf16 autocast is the default (AMX on recent CPUs); fp32 must stay available and give the same kind of run
+    fp32 = pretrain(replace(TINY, precision="fp32", eval_every=0), progress=False)
+    bf16 = pretrain(replace(TINY, eval_every=0), progress=False)
+    assert fp32["mean_loss_last_50"] < fp32["first_loss"] and bf16["mean_loss_last_50"] < bf16["first_loss"]
+    assert fp32["first_loss"] == pytest.approx(bf16["first_loss"], rel=0.05)
 
 
 BUNDLED = paths.CHECKPOINT_DIR / "synth-mini.safetensors"
 CHANCE = 100.0 / len(OBJECT_CLASSES)  # percent, for objects and for backgrounds alike (11 classes each)
-# The issue's targets for the bundled checkpoint, measured on this small set as a smoke check.
-TARGET_BACKGROUND_ACC = 80.0
+# Floors for the bundled checkpoint on this small set (200 scenes), as a smoke check. The background floor is
+# the issue's target; the object floor guards against a regression: the checkpoint measures 77.5 % here and
+# 78.5 % on `synth zeroshot`'s 2,000 scenes, short of the issue's 90 % (see checkpoints/synth-mini.md).
+MIN_BACKGROUND_ACC = 95.0
+MIN_OBJECT_ACC = 65.0
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +190,6 @@ def bundled_result():
     return evaluate_backbone(load_backbone("synth-mini", device="cpu"), n=200, seed=11)
 
 
-def test_bundled_synth_mini_is_above_chance(bundled_result):
-    assert bundled_result.background_acc > TARGET_BACKGROUND_ACC
-    assert bundled_result.object_acc > 1.5 * CHANCE
+def test_bundled_synth_mini_names_backgrounds_and_most_objects(bundled_result):
+    assert bundled_result.background_acc >= MIN_BACKGROUND_ACC
+    assert bundled_result.object_acc >= MIN_OBJECT_ACC > 7 * CHANCE

@@ -4,16 +4,25 @@ Image-caption pairs are rendered on the fly from one seeded stream; nothing is w
 weights. Backgrounds are drawn independently of objects (no spurious pairing), so the model has to
 learn both facts. Backgrounds are the easy signal; the recipe pushes toward the objects with:
 
-- look-alike groups: each batch is made of groups of 11 scenes, one per object, that share their
-  background and colour, so within a group only the shape tells the captions apart;
+- distinct captions: a caption whose text is already in the batch has its template redrawn, so a
+  batch rarely holds two copies of one text (duplicates made the objects much slower to learn in the
+  issue's trial runs);
 - the caption mix: besides the world's own captions (object, often colour and background), a share of
   captions name only the object and a share only the background, so each fact has captions of its own;
 - known false negatives out of InfoNCE: a caption that is also true of another image in the batch (the
   same object-only caption, the same background phrase, ...) is not that image's negative, nor is
   that image the caption's negative (``positives="own"``; ``"all_true"`` makes them positives instead);
-- a short text context (see the model config), warm-up and cosine decay, AdamW, gradient clipping.
+- a class-caption term (UniCL-style): each image is also scored against one caption per object class and
+  one per background class, so every step has a negative for every other class;
+- auxiliary linear object and background heads on the image embedding, trained alongside and thrown
+  away (not saved): at initialisation the text tower barely tells one object word from another, so the
+  contrastive terms alone give the image tower almost no shape signal, and without the heads every run
+  here stayed at chance on the objects for its first 400 to 1,000 steps;
+- look-alike groups (optional, ``group_size``): groups of scenes that share background and colour;
+- a short text context (see the model config), bf16 autocast, warm-up and cosine decay, AdamW, gradient
+  clipping.
 
-See checkpoints/synth-mini.md for what the default recipe reaches: the objects are learned slowly.
+See checkpoints/synth-mini.md for the run that produced the bundled checkpoint and what it reaches.
 """
 
 from __future__ import annotations
@@ -66,27 +75,32 @@ PROBE_SEED_OFFSET = 7919  # the in-training probe set is drawn from seed + this,
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """How the mini-CLIP is pre-trained; the defaults (with threads=1) reproduce the bundled checkpoint."""
+    """How the mini-CLIP is pre-trained; the defaults reproduce the bundled checkpoint."""
 
     model_name: str = "synth-mini"  # open_clip model config (dapt_core/model_configs/)
-    steps: int = 2200  # optimiser steps
-    batch_size: int = 88  # image-caption pairs per step (8 look-alike groups of 11)
-    lr: float = 1e-3  # peak learning rate of AdamW
+    steps: int = 1400  # optimiser steps
+    batch_size: int = 256  # image-caption pairs per step
+    lr: float = 2e-3  # peak learning rate of AdamW
     min_lr_ratio: float = 0.02  # the cosine ends at lr * this
     warmup_steps: int = 100  # linear warm-up from 0 to lr
     weight_decay: float = 0.1  # AdamW decay of matrices (not of gains, biases or the temperature)
     betas: tuple[float, float] = (0.9, 0.98)  # AdamW moments, as in CLIP
     grad_clip: float = 1.0  # max global gradient norm
     max_logit_scale: float = 100.0  # the learnable temperature's exp() is clamped here, as in CLIP
-    object_only_share: float = 0.4  # share of captions that name only the object (maybe with its colour)
+    object_only_share: float = 0.2  # share of captions that name only the object (maybe with its colour)
     background_only_share: float = 0.1  # share of captions that name only the background
-    group_size: int = 11  # scenes per look-alike group (same background and colour, distinct objects); 1 = none
+    group_size: int = 1  # scenes per look-alike group (same background and colour, distinct objects); 1 = none
+    distinct_captions: bool = True  # redraw a caption's template while its text is already in the batch
+    caption_redraws: int = 8  # at most this many redraws per caption
+    probe_head_weight: float = 1.0  # weight of the auxiliary linear object/background heads on the image tower; 0 = off
+    class_caption_weight: float = 1.0  # weight of the class-caption InfoNCE (every class's caption a candidate); 0 = off
     positives: str = "own"  # "own": false negatives dropped; "all_true": every true caption is a positive
     seed: int = 0  # seeds the weights' init and the data stream
-    threads: int = 2  # torch CPU threads; on a busy shared machine 1 was 2-4x faster per step
-    eval_every: int = 200  # steps between quick zero-shot probes (0 = none)
+    threads: int = 2  # torch CPU threads (changes only floating-point rounding, not the data or the recipe)
+    eval_every: int = 100  # steps between quick zero-shot probes (0 = none)
     eval_n: int = 330  # scenes in the quick probe
     save_dtype: str = "float16"  # dtype of the stored floating-point tensors
+    precision: str = "bf16"  # "bf16": bf16 autocast for the towers (AMX on recent CPUs, tensor cores on GPUs); "fp32"
 
 
 @dataclass
@@ -117,6 +131,7 @@ def sample_batch(rng: np.random.Generator, n: int, size: int, cfg: PretrainConfi
     backgrounds = _cycled(rng, BACKGROUND_CLASSES, n_groups)
     kinds = rng.random(n)
     images, captions, facts, stated = [], [], [], []
+    seen: set[str] = set()
     for g, bg in enumerate(backgrounds):
         colour = None
         for obj in _cycled(rng, OBJECT_CLASSES, group)[:n - g * group]:
@@ -130,9 +145,18 @@ def sample_batch(rng: np.random.Generator, n: int, size: int, cfg: PretrainConfi
             else:
                 pool = CAPTION_TEMPLATES
             template = pool[rng.integers(len(pool))]
+            caption = make_caption(obj, colour, bg, template)
+            for _ in range(cfg.caption_redraws if cfg.distinct_captions else 0):
+                if caption not in seen:
+                    break
+                # a caption already in the batch would be a second copy of the same text: try the world's
+                # templates, whose object-colour-background combinations rarely repeat
+                template = CAPTION_TEMPLATES[rng.integers(len(CAPTION_TEMPLATES))]
+                caption = make_caption(obj, colour, bg, template)
+            seen.add(caption)
             scene_facts = {"object": obj, "colour": colour, "background": bg}
             images.append(scene.image)
-            captions.append(make_caption(obj, colour, bg, template))
+            captions.append(caption)
             facts.append(scene_facts)
             stated.append({fact: scene_facts[fact] for fact in template_facts(template)})
     return PairBatch(np.stack(images), captions, facts, stated)
@@ -187,6 +211,37 @@ def clip_loss(image_feats: torch.Tensor, text_feats: torch.Tensor, logit_scale: 
                   + nn.functional.cross_entropy(logits.T, text_to_image))
 
 
+def class_captions(rng: np.random.Generator) -> tuple[list[str], list[str]]:
+    """One caption per object class and one per background class, each set in one randomly drawn template.
+
+    The object templates are the object-only ones without a colour, the background templates all of
+    `BACKGROUND_TEMPLATES`; both evaluation prompts are among them.
+    """
+    plain = [t for t in OBJECT_TEMPLATES if template_facts(t) == ("object",)]
+    obj_template = plain[rng.integers(len(plain))]
+    bg_template = BACKGROUND_TEMPLATES[rng.integers(len(BACKGROUND_TEMPLATES))]
+    objects = [make_caption(name, "", BACKGROUND_CLASSES[0], obj_template) for name in OBJECT_CLASSES]
+    backgrounds = [make_caption(OBJECT_CLASSES[0], "", name, bg_template) for name in BACKGROUND_CLASSES]
+    return objects, backgrounds
+
+
+def class_caption_loss(image_feats: torch.Tensor, class_feats: torch.Tensor, logit_scale: torch.Tensor,
+                       labels: torch.Tensor) -> torch.Tensor:
+    """InfoNCE of each image against the captions of every class, its own class's caption the positive.
+
+    This is the image-to-text half of CLIP's loss with the candidate captions being one per class
+    (the form of zero-shot classification), as in UniCL (Yang et al., CVPR 2022): every image gets a
+    negative for every other class in every step, however the batch happens to be drawn.
+
+    Args:
+        image_feats: (B, E) L2-normalised image embeddings.
+        class_feats: (K, E) L2-normalised embeddings of one caption per class.
+        logit_scale: scalar inverse temperature (already exponentiated).
+        labels: (B,) class index of each image.
+    """
+    return nn.functional.cross_entropy(logit_scale * image_feats @ class_feats.T, labels)
+
+
 def lr_at(step: int, cfg: PretrainConfig) -> float:
     """Learning rate at optimiser step `step` (0-based): linear warm-up, then cosine decay."""
     if step < cfg.warmup_steps:
@@ -237,7 +292,7 @@ def build_model(cfg: PretrainConfig) -> tuple[nn.Module, Callable, int, tuple, t
 
 def _metadata(cfg: PretrainConfig, step: int, probes: list[dict], wall_s: float) -> dict[str, str]:
     """The safetensors header: what was trained, how far, and how well it probed."""
-    return {"format": "open_clip", "model_name": cfg.model_name, "pretrained_tag": "synth-v1",
+    return {"format": "open_clip", "model_name": cfg.model_name, "pretrained_tag": "synth-v2",
             "step": str(step), "config": json.dumps(asdict(cfg)), "probes": json.dumps(probes),
             "wall_s": f"{wall_s:.1f}"}
 
@@ -255,6 +310,11 @@ def pretrain(cfg: PretrainConfig, out: str | Path | None = None, *, progress: bo
     Returns:
         A summary: the config, first and last loss, the probes, wall time and the model (key "model").
     """
+    for name in ("probe_head_weight", "class_caption_weight"):
+        if not getattr(cfg, name) >= 0:
+            raise ValueError(f"{name}: expected a weight >= 0, got {getattr(cfg, name)}")
+    if cfg.precision not in ("bf16", "fp32"):
+        raise ValueError(f"precision: expected 'bf16' or 'fp32', got {cfg.precision!r}")
     for name in ("steps", "batch_size", "seed"):
         check_count(getattr(cfg, name), name, 1 if name != "seed" else 0)
     if not 0 <= cfg.object_only_share + cfg.background_only_share <= 1:
@@ -266,8 +326,15 @@ def pretrain(cfg: PretrainConfig, out: str | Path | None = None, *, progress: bo
     torch.set_num_threads(cfg.threads)
     model, tokenizer, size, mean, std = build_model(cfg)
     model.train()
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, eps=1e-6,
-                                  fused=True)
+    # Linear object and background heads on the image embedding, trained alongside and then discarded:
+    # a random linear head gives the image tower a full-strength shape signal from the first step, while
+    # the text tower at initialisation barely tells one object word from another.
+    heads = nn.ModuleDict({"object": nn.Linear(model.visual.output_dim, len(OBJECT_CLASSES)),
+                           "background": nn.Linear(model.visual.output_dim, len(BACKGROUND_CLASSES))})
+    groups = _param_groups(model, cfg.weight_decay)
+    if cfg.probe_head_weight:
+        groups.append({"params": list(heads.parameters()), "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=1e-6, fused=True)
     rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(PRETRAIN_STREAM,)))
     probe_scenes = balanced_scenes(cfg.eval_n, cfg.seed + PROBE_SEED_OFFSET, size) if cfg.eval_every else []
     max_log_scale = math.log(cfg.max_logit_scale)
@@ -281,10 +348,28 @@ def pretrain(cfg: PretrainConfig, out: str | Path | None = None, *, progress: bo
             group["lr"] = lr
         batch = sample_batch(rng, cfg.batch_size, size, cfg)
         images = images_to_tensor(batch.images, mean, std)
-        tokens = tokenizer(batch.captions)
-        image_feats = nn.functional.normalize(model.encode_image(images), dim=-1)
-        text_feats = nn.functional.normalize(model.encode_text(tokens), dim=-1)
-        loss = clip_loss(image_feats, text_feats, model.logit_scale.exp(), true_of(batch), cfg.positives)
+        captions = list(batch.captions)
+        if cfg.class_caption_weight:
+            object_captions, background_captions = class_captions(rng)
+            captions += object_captions + background_captions
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            image_out, text_out = model.encode_image(images), model.encode_text(tokenizer(captions))
+        image_feats = nn.functional.normalize(image_out.float(), dim=-1)
+        text_feats = nn.functional.normalize(text_out.float(), dim=-1)
+        scale = model.logit_scale.exp()
+        n = len(batch.captions)
+        loss = clip_loss(image_feats, text_feats[:n], scale, true_of(batch), cfg.positives)
+        objects = torch.tensor([OBJECT_CLASSES.index(f["object"]) for f in batch.facts])
+        backgrounds = torch.tensor([BACKGROUND_CLASSES.index(f["background"]) for f in batch.facts])
+        if cfg.probe_head_weight:
+            loss = loss + cfg.probe_head_weight * 0.5 * (
+                nn.functional.cross_entropy(heads["object"](image_out.float()), objects)
+                + nn.functional.cross_entropy(heads["background"](image_out.float()), backgrounds))
+        if cfg.class_caption_weight:
+            k = len(OBJECT_CLASSES)
+            loss = loss + cfg.class_caption_weight * 0.5 * (
+                class_caption_loss(image_feats, text_feats[n:n + k], scale, objects)
+                + class_caption_loss(image_feats, text_feats[n + k:], scale, backgrounds))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -292,8 +377,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path | None = None, *, progress: bo
         with torch.no_grad():
             model.logit_scale.clamp_(0, max_log_scale)
         losses.append(loss.item())
-        scale = model.logit_scale.detach().exp().item()
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", scale=f"{scale:.1f}", lr=f"{lr:.1e}")
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", scale=f"{model.logit_scale.exp().item():.1f}", lr=f"{lr:.1e}")
         if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps):
             result = zeroshot_accuracy(model, tokenizer, probe_scenes, mean, std).as_dict()
             probes.append({"step": step + 1, **result})

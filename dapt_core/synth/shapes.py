@@ -47,8 +47,8 @@ class ObjectPose:
 class PoseConfig:
     """Ranges from which `sample_pose` draws an object's size and place."""
 
-    min_radius: float = 0.2  # smallest object radius, as a fraction of the image side
-    max_radius: float = 0.36  # largest object radius, as a fraction of the image side
+    min_radius: float = 0.25  # smallest object radius, as a fraction of the image side
+    max_radius: float = 0.42  # largest object radius, as a fraction of the image side
     margin: float = 0.02  # gap kept between the object's disk and the image border, fraction of side
 
 
