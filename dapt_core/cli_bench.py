@@ -4,6 +4,7 @@
   stdout line is one JSON object keyed by method.
 - ``bench synth-prompts``: train the prompt sets bundled in ``checkpoints/prompts``.
 - ``bench synth-examples``: write the example images bundled in ``assets/examples``.
+- ``bench synth-readme``: copy a result's table into README.md between its markers.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
                         "or joint (all terms every epoch); default: %(default)s")
     p.add_argument("--switch-epoch", type=int, default=None,
                    help="official schedule's switch epoch; default: round(0.7 * epochs), i.e. 7 of 10")
+    p.add_argument("--crop-min", type=float, default=1.0,
+                   help="smallest area share of the random-resized training crop; default %(default)s = flips "
+                        "only (CoOp uses 0.08; crops cut or stretch the shapes of the 64 px scenes)")
     p.add_argument("--n-test", type=int, default=10, help="test images per class and split")
     p.add_argument("--n-classes", type=int, default=None, help="use the first N object classes (default all 11)")
     p.add_argument("--methods", type=_name_list, default=None, help="comma-separated subset of the methods")
@@ -101,6 +105,15 @@ def add_commands(sub) -> None:
     p.add_argument("--out", default=str(DEFAULT_EXAMPLES_DIR), help="folder; default: assets/examples")
     p.set_defaults(func=run_bench_examples)
 
+    p = bsub.add_parser("synth-readme", help="copy the benchmark table into README.md",
+                        description="Replace the lines between README.md's synth-bench markers with the table and "
+                                    "DAPT deltas of one shot count of a `bench synth` result.")
+    p.add_argument("--result", default=str(DEFAULT_RESULTS_DIR / f"{FULL_NAME}.json"),
+                   help="result JSON; default: docs/results/synth_bench.json")
+    p.add_argument("--shots", type=int, default=None, help="shot count to show; default: the largest")
+    p.add_argument("--readme", default=str(paths.PROJECT_DIR / "README.md"), help="file to update")
+    p.set_defaults(func=run_bench_readme)
+
 
 def _options(args: argparse.Namespace) -> dict:
     """BenchConfig fields from the shared training arguments (also sets torch's thread count)."""
@@ -114,6 +127,7 @@ def _options(args: argparse.Namespace) -> dict:
     return {"backbone": args.backbone, "weights": args.weights, "device": args.device, "epochs": args.epochs,
             "batch_size": args.batch_size, "lr": args.lr, "schedule": args.schedule,
             "switch_epoch": args.switch_epoch, "n_test": args.n_test, "n_classes": args.n_classes,
+            "crop_min": args.crop_min,
             "methods": args.methods or tuple(METHODS)}
 
 
@@ -188,4 +202,19 @@ def run_bench_examples(args: argparse.Namespace) -> int:
 
     records = write_examples(args.out, seed=args.seed)
     print(json.dumps({"out": str(Path(args.out)), "examples": [r["file"] for r in records]}), flush=True)
+    return 0
+
+
+def run_bench_readme(args: argparse.Namespace) -> int:
+    from dapt_core.fileio import write_bytes_atomic
+    from dapt_core.synth.bench_report import readme_block, replace_marked
+
+    try:
+        result = json.loads(Path(args.result).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{args.result}: not a JSON file written by `bench synth` ({err})") from err
+    readme = Path(args.readme)
+    text = replace_marked(readme.read_text(encoding="utf-8"), readme_block(result, args.shots))
+    write_bytes_atomic(readme, text.encode("utf-8"))
+    log.info("updated %s from %s", readme, args.result)
     return 0

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from dapt_core.fileio import atomic_path
 from dapt_core.attention_metrics import binarize
 from dapt_core.cam import compute_cams
-from dapt_core.data import PromptDataset, Sample
+from dapt_core.data import AugmentConfig, PromptDataset, Sample
 from dapt_core.learners.base import PromptLearner
 from dapt_core.masks import InMemoryMasks, MaskProvider
 from dapt_core.objective import DaptConfig, dapt_losses, loss_weights
@@ -42,6 +42,7 @@ class TrainConfig:
     warmup_epochs: int = 1  # epochs at the constant warm-up rate
     warmup_lr: float = 1e-5  # the constant warm-up rate
     seed: int = 1  # seeds the prompt initialisation, the shuffling and the augmentation
+    crop_min: float = 0.08  # smallest area share of the random-resized training crop (CLIP/CoOp: 0.08)
     eval_batch_size: int = 32  # images per evaluation step
     num_workers: int = 0  # DataLoader worker processes
 
@@ -121,7 +122,8 @@ def train_prompts(learner: PromptLearner, samples: list[Sample], cfg: TrainConfi
     if dapt.cue == "gradcam":
         masks = InMemoryMasks()
     dataset = PromptDataset(samples, image_size=backbone.image_size, mean=backbone.mean, std=backbone.std,
-                            train=True, masks=masks if dapt.enabled else None, seed=cfg.seed)
+                            train=True, masks=masks if dapt.enabled else None, seed=cfg.seed,
+                            augment=AugmentConfig(crop_scale=(cfg.crop_min, 1.0)))
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=generator,
                         num_workers=cfg.num_workers, drop_last=False)

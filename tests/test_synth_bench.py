@@ -68,6 +68,24 @@ def test_findings_survive_a_rerun(tmp_path, tiny_backbone):
     assert "We found X." in paths["markdown"].read_text()
 
 
+def test_readme_command_fills_the_marked_block_only(tmp_path, tiny_backbone):
+    cfg = quick_config(shots=(1,), methods=("coop", "coop+dapt-mask"), **REDUCED)
+    paths = write_report(run_bench(cfg, backbone=tiny_backbone), tmp_path)
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- synth-bench table: start -->\nold table\n<!-- synth-bench table: end -->\noutro\n")
+    assert main(["bench", "synth-readme", "--result", str(paths["json"]), "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("outro\n") and "old table" not in text
+    assert "| coop+dapt-mask |" in text and "| coop+dapt-mask − coop |" in text and "1 shots" in text
+    # a shot count the result lacks, or a file without the markers, is refused and the file is left alone
+    assert main(["bench", "synth-readme", "--result", str(paths["json"]), "--readme", str(readme),
+                 "--shots", "16"]) == 2
+    plain = tmp_path / "plain.md"
+    plain.write_text("no markers\n")
+    assert main(["bench", "synth-readme", "--result", str(paths["json"]), "--readme", str(plain)]) == 2
+    assert readme.read_text() == text and plain.read_text() == "no markers\n"
+
+
 def _zero_shot_clip_predictions(backbone, classnames, samples) -> np.ndarray:
     """Zero-shot CLIP computed straight from open_clip, without any prompt learner."""
     from dapt_core.data import PromptDataset

@@ -100,7 +100,8 @@ def markdown_report(result: dict, findings: str | None = None, command: str | No
         lines += [f"Command: `{command}`", ""]
     lines += [
         f"Backbone `{cfg['backbone']}`; shots {list(cfg['shots'])}; seeds {list(cfg['seeds'])} (mean ± sample std "
-        f"over seeds where there are several); {cfg['epochs']} epochs, batch {cfg['batch_size']}, lr {cfg['lr']}; "
+        f"over seeds where there are several); {cfg['epochs']} epochs, batch {cfg['batch_size']}, lr {cfg['lr']}, "
+        f"random-resized crops of at least {cfg.get('crop_min', 0.08)} of the image; "
         f"DAPT schedule `{cfg['schedule']}` (switch epoch {result['settings']['dapt']['mask']['switch_epoch']}); "
         f"{result['settings']['task']['n_classes']} classes, {cfg['n_test']} test images per class and split; "
         f"wall time {result['seconds']:.0f} s.",
@@ -123,6 +124,36 @@ def markdown_report(result: dict, findings: str | None = None, command: str | No
     lines += ["## Settings", "", "```json", json.dumps(result["settings"], indent=1), "```", ""]
     lines += [findings.rstrip() if findings else f"{FINDINGS_HEADING}\n\n{FINDINGS_PLACEHOLDER}", ""]
     return "\n".join(lines)
+
+
+README_MARKERS = ("<!-- synth-bench table: start -->", "<!-- synth-bench table: end -->")
+
+
+def readme_block(result: dict, shots: int | None = None) -> str:
+    """The README's copy of one shot count's results: the main table and the DAPT-minus-base deltas.
+
+    Args:
+        result: a `bench synth` / `bench synth-merge` result (the JSON it writes).
+        shots: which shot count; None takes the largest in the result.
+    """
+    summary = {int(k): v for k, v in result["summary"].items()}
+    shots = max(summary) if shots is None else shots
+    if shots not in summary:
+        raise ValueError(f"shots: the result has {sorted(summary)} shots, not {shots}")
+    per_method = summary[shots]
+    seeds = list(result["config"]["seeds"])
+    intro = (f"{shots} shots, backbone `{result['config']['backbone']}`, mean ± std over seeds {seeds}, "
+             f"written by `python -m dapt_core bench synth-readme`:")
+    return "\n".join([intro, "", *_table(per_method, TABLE_COLUMNS), "", *_deltas(per_method)])
+
+
+def replace_marked(text: str, block: str, markers: tuple[str, str] = README_MARKERS) -> str:
+    """`text` with everything between the two marker lines replaced by `block` (markers kept)."""
+    start, end = markers
+    i, j = text.find(start), text.find(end)
+    if i < 0 or j < i:
+        raise ValueError(f"the file has no {start!r} ... {end!r} pair to fill in")
+    return text[:i + len(start)] + "\n" + block.rstrip() + "\n" + text[j:]
 
 
 def _write_text(path: Path, text: str) -> None:
