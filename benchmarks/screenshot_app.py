@@ -1,0 +1,76 @@
+"""Screenshot of the offline app: start `python app.py`, compare the bundled prompt sets on one example image.
+
+    python benchmarks/screenshot_app.py [--example 02_conflicting_triangle_on_sky_256.png] [--out docs/screenshot.png]
+
+Needs Chromium (`apt-get install chromium`; `DAPT_CHROMIUM` overrides the path) and playwright's Python package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from playwright import sync_api
+
+ROOT = Path(__file__).resolve().parents[1]
+START_TIMEOUT_S = 120
+PAGE_TIMEOUT_MS = 120_000
+
+
+def wait_for_server(url: str, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"app.py exited with code {proc.returncode} before serving")
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            time.sleep(1)
+    raise TimeoutError(f"app.py did not answer at {url} within {START_TIMEOUT_S} s")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--example", default="02_conflicting_triangle_on_sky_256.png",
+                        help="file in assets/examples to compare on")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "screenshot.png"))
+    parser.add_argument("--port", type=int, default=7871)
+    args = parser.parse_args()
+    example = ROOT / "assets" / "examples" / args.example
+    if not example.is_file():
+        parser.error(f"--example: {example} does not exist")
+    url = f"http://127.0.0.1:{args.port}"
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(args.port)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_server(url, proc)
+        with sync_api.sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=os.environ.get("DAPT_CHROMIUM", "/usr/bin/chromium"),
+                                         headless=True, args=["--no-sandbox"])
+            try:
+                page = browser.new_page(viewport={"width": 1400, "height": 1100})
+                page.set_default_timeout(PAGE_TIMEOUT_MS)
+                page.goto(url)
+                page.locator("#compare-image input[type=file]").set_input_files(str(example))
+                page.locator("#compare-image img").first.wait_for()
+                page.locator("#compare-run").click()
+                page.locator("#compare-gallery img").nth(1).wait_for()
+                page.wait_for_timeout(2000)  # let the plot and table settle
+                page.screenshot(path=args.out, full_page=True)
+            finally:
+                browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    print(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
