@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from dapt_core.fileio import atomic_path
 from dapt_core import paths
+from dapt_core.backbones import get_backbone_spec
 from dapt_core.synth.shapes import OBJECT_CLASSES
 from dapt_core.synth.task import _cycled
 from dapt_core.synth.textures import BACKGROUND_CLASSES
@@ -119,12 +120,13 @@ def template_facts(template: str) -> tuple[str, ...]:
 
 
 def sample_batch(rng: np.random.Generator, n: int, size: int, cfg: PretrainConfig) -> PairBatch:
-    """Render `n` balanced scenes in look-alike groups and caption each from the caption mix.
+    """Render `n` scenes and caption each from the caption mix (distinct texts if `cfg.distinct_captions`).
 
     Scenes come in groups of `cfg.group_size` distinct objects that share one background and one
     colour, so within a group only the shape tells the captions apart (hard negatives for the
-    object). Each group's background is cycled evenly over the batch independently of the objects;
-    its colour is the one the world picks for the group's first scene.
+    object); with the default group size 1 every scene is drawn on its own. Backgrounds are cycled
+    evenly over the groups independently of the objects; a group's colour is the one the world picks
+    for its first scene.
     """
     group = min(cfg.group_size, len(OBJECT_CLASSES))
     n_groups = -(-n // group)
@@ -292,7 +294,9 @@ def build_model(cfg: PretrainConfig) -> tuple[nn.Module, Callable, int, tuple, t
 
 def _metadata(cfg: PretrainConfig, step: int, probes: list[dict], wall_s: float) -> dict[str, str]:
     """The safetensors header: what was trained, how far, and how well it probed."""
-    return {"format": "open_clip", "model_name": cfg.model_name, "pretrained_tag": "synth-v2",
+    # the tag the registry gives the bundled backbone: one place to bump when the recipe changes
+    tag = get_backbone_spec("synth-mini").pretrained
+    return {"format": "open_clip", "model_name": cfg.model_name, "pretrained_tag": tag,
             "step": str(step), "config": json.dumps(asdict(cfg)), "probes": json.dumps(probes),
             "wall_s": f"{wall_s:.1f}"}
 
