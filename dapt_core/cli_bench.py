@@ -164,17 +164,19 @@ def run_bench_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_result(path: str) -> dict:
+    """The raw JSON that `bench synth` writes; a file that is not JSON is a ValueError naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not a JSON file written by `bench synth` ({err})") from err
+
+
 def run_bench_merge(args: argparse.Namespace) -> int:
     from dapt_core.synth.bench import merge_results, summary_line
     from dapt_core.synth.bench_report import write_report
 
-    results = []
-    for path in args.results:
-        try:
-            results.append(json.loads(Path(path).read_text(encoding="utf-8")))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not a JSON file written by `bench synth` ({err})") from err
-    merged = merge_results(results)
+    merged = merge_results([_read_result(path) for path in args.results])
     written = write_report(merged, args.out, args.name,
                            "python -m dapt_core bench synth-merge " + " ".join(map(shlex.quote, args.results)))
     log.info("wrote %s", ", ".join(str(p) for p in written.values()))
@@ -209,10 +211,7 @@ def run_bench_readme(args: argparse.Namespace) -> int:
     from dapt_core.fileio import write_bytes_atomic
     from dapt_core.synth.bench_report import readme_block, replace_marked
 
-    try:
-        result = json.loads(Path(args.result).read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{args.result}: not a JSON file written by `bench synth` ({err})") from err
+    result = _read_result(args.result)
     readme = Path(args.readme)
     text = replace_marked(readme.read_text(encoding="utf-8"), readme_block(result, args.shots))
     write_bytes_atomic(readme, text.encode("utf-8"))
