@@ -50,6 +50,9 @@ def add_commands(sub) -> None:
     pre.add_argument("--threads", type=int, default=defaults.threads, help="torch CPU threads")
     pre.add_argument("--precision", choices=["bf16", "fp32"], default=defaults.precision,
                      help="bf16: bf16 autocast for both towers (weights and optimiser stay fp32); default: %(default)s")
+    pre.add_argument("--attention", choices=["math", "auto"], default=defaults.attention,
+                     help="math: plain attention kernel (faster at these short sequences on a CPU); auto: "
+                          "PyTorch's pick; default: %(default)s")
     pre.add_argument("--out", default=None, help="weights to write (.safetensors); default: the bundled checkpoint")
     pre.set_defaults(func=run_pretrain)
 
@@ -70,7 +73,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
                   warmup_steps=args.warmup, group_size=args.group_size, positives=args.positives,
                   model_name=args.model, eval_every=args.eval_every, threads=args.threads,
                   precision=args.precision, probe_head_weight=args.probe_head_weight,
-                  class_caption_weight=args.class_caption_weight)
+                  class_caption_weight=args.class_caption_weight, attention=args.attention)
     out = args.out if args.out is not None else default_out()
     summary = pretrain(cfg, out)
     summary.pop("model")

@@ -174,6 +174,17 @@ def test_fp32_and_bf16_runs_both_learn():
     assert fp32["first_loss"] == pytest.approx(bf16["first_loss"], rel=0.05)
 
 
+def test_attention_kernels_compute_the_same_run(tmp_path):
+    # the plain kernel is a speed choice only: in fp32 both kernels give the same losses up to rounding
+    math = pretrain(replace(TINY, precision="fp32", attention="math", eval_every=0), progress=False)
+    auto = pretrain(replace(TINY, precision="fp32", attention="auto", eval_every=0), progress=False)
+    assert math["first_loss"] == pytest.approx(auto["first_loss"], rel=1e-4)
+    assert math["last_loss"] == pytest.approx(auto["last_loss"], rel=1e-2)
+    with pytest.raises(ValueError, match="attention: expected one of 'math', 'auto', got 'flash'"):
+        pretrain(replace(TINY, attention="flash"), tmp_path / "w.safetensors", progress=False)
+    assert not (tmp_path / "w.safetensors").exists()
+
+
 BUNDLED = paths.CHECKPOINT_DIR / "synth-mini.safetensors"
 CHANCE = 100.0 / len(OBJECT_CLASSES)  # percent, for objects and for backgrounds alike (11 classes each)
 # Floors for the bundled checkpoint on this small set (200 scenes), as a smoke check. The background floor is

@@ -19,8 +19,9 @@ learn both facts. Backgrounds are the easy signal; the recipe pushes toward the 
   contrastive terms alone give the image tower almost no shape signal, and without the heads every run
   here stayed at chance on the objects for its first 400 to 1,000 steps;
 - look-alike groups (optional, ``group_size``): groups of scenes that share background and colour;
-- a short text context (see the model config), bf16 autocast, warm-up and cosine decay, AdamW, gradient
-  clipping.
+- a short text context (see the model config), bf16 autocast with the plain attention kernel (about 1.7
+  times as many steps in the same time as PyTorch's fused CPU kernel), warm-up and cosine decay, AdamW,
+  gradient clipping.
 
 See checkpoints/synth-mini.md for the run that produced the bundled checkpoint and what it reaches.
 """
@@ -32,7 +33,9 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +43,7 @@ import open_clip
 import torch
 from safetensors.torch import save_file
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from tqdm.auto import tqdm
 
 from dapt_core.fileio import atomic_path
@@ -72,6 +76,14 @@ BACKGROUND_TEMPLATES: tuple[str, ...] = (
 FACTS = ("object", "colour", "background")  # what a caption can state about a scene
 PRETRAIN_STREAM = 101  # spawn key of the training stream; the evaluation uses zeroshot.EVAL_STREAM
 PROBE_SEED_OFFSET = 7919  # the in-training probe set is drawn from seed + this, never from the final test seed
+# Attention kernels a run can use. At these short sequences (65 image tokens, 32 text tokens) PyTorch's fused
+# CPU kernel was the slowest part of a bf16 step (its backward took more than half of the image tower's time);
+# the plain kernel, the same mathematics, takes a whole bf16 step to 0.59x the time (fp32: no difference), as
+# measured by `benchmarks/bench_pretrain.py`.
+ATTENTION: dict[str, Callable[[], AbstractContextManager]] = {
+    "math": partial(sdpa_kernel, [SDPBackend.MATH]),
+    "auto": nullcontext,
+}
 
 
 @dataclass(frozen=True)
@@ -102,6 +114,7 @@ class PretrainConfig:
     eval_n: int = 330  # scenes in the quick probe
     save_dtype: str = "float16"  # dtype of the stored floating-point tensors
     precision: str = "bf16"  # "bf16": bf16 autocast for the towers (AMX on recent CPUs, tensor cores on GPUs); "fp32"
+    attention: str = "math"  # "math": plain matmul-softmax-matmul attention; "auto": PyTorch's pick (see ATTENTION)
 
 
 @dataclass
@@ -319,6 +332,8 @@ def pretrain(cfg: PretrainConfig, out: str | Path | None = None, *, progress: bo
             raise ValueError(f"{name}: expected a weight >= 0, got {getattr(cfg, name)}")
     if cfg.precision not in ("bf16", "fp32"):
         raise ValueError(f"precision: expected 'bf16' or 'fp32', got {cfg.precision!r}")
+    if cfg.attention not in ATTENTION:
+        raise ValueError(f"attention: expected one of {', '.join(map(repr, ATTENTION))}, got {cfg.attention!r}")
     for name in ("steps", "batch_size", "seed"):
         check_count(getattr(cfg, name), name, 1 if name != "seed" else 0)
     if not 0 <= cfg.object_only_share + cfg.background_only_share <= 1:
@@ -342,6 +357,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path | None = None, *, progress: bo
     rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(PRETRAIN_STREAM,)))
     probe_scenes = balanced_scenes(cfg.eval_n, cfg.seed + PROBE_SEED_OFFSET, size) if cfg.eval_every else []
     max_log_scale = math.log(cfg.max_logit_scale)
+    attention = ATTENTION[cfg.attention]
     losses: list[float] = []
     probes: list[dict] = []
     start = time.perf_counter()
@@ -356,7 +372,7 @@ def pretrain(cfg: PretrainConfig, out: str | Path | None = None, *, progress: bo
         if cfg.class_caption_weight:
             object_captions, background_captions = class_captions(rng)
             captions += object_captions + background_captions
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        with attention(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
             image_out, text_out = model.encode_image(images), model.encode_text(tokenizer(captions))
         image_feats = nn.functional.normalize(image_out.float(), dim=-1)
         text_feats = nn.functional.normalize(text_out.float(), dim=-1)
@@ -375,7 +391,8 @@ def pretrain(cfg: PretrainConfig, out: str | Path | None = None, *, progress: bo
                 class_caption_loss(image_feats, text_feats[n:n + k], scale, objects)
                 + class_caption_loss(image_feats, text_feats[n + k:], scale, backgrounds))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        with attention():
+            loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         with torch.no_grad():
