@@ -56,6 +56,9 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop-min", type=float, default=1.0,
                    help="smallest area share of the random-resized training crop; default %(default)s = flips "
                         "only (CoOp uses 0.08; crops cut or stretch the shapes of the 64 px scenes)")
+    p.add_argument("--object-radius", type=float, nargs=2, metavar=("MIN", "MAX"), default=None,
+                   help="object radius range as fractions of the image side, for every split; default: the "
+                        "world's own (0.25 0.42, the sizes synth-mini was pre-trained on)")
     p.add_argument("--n-test", type=int, default=10, help="test images per class and split")
     p.add_argument("--n-classes", type=int, default=None, help="use the first N object classes (default all 11)")
     p.add_argument("--methods", type=_name_list, default=None, help="comma-separated subset of the methods")
@@ -127,7 +130,7 @@ def _options(args: argparse.Namespace) -> dict:
     return {"backbone": args.backbone, "weights": args.weights, "device": args.device, "epochs": args.epochs,
             "batch_size": args.batch_size, "lr": args.lr, "schedule": args.schedule,
             "switch_epoch": args.switch_epoch, "n_test": args.n_test, "n_classes": args.n_classes,
-            "crop_min": args.crop_min,
+            "crop_min": args.crop_min, "object_radius": args.object_radius,
             "methods": args.methods or tuple(METHODS)}
 
 

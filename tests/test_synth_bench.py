@@ -192,3 +192,17 @@ def test_merge_results_of_per_seed_runs(tiny_backbone):
                       backbone=tiny_backbone)
     with pytest.raises(ValueError, match="epochs"):
         merge_results([runs[0], other])
+
+
+def test_object_radius_sets_the_size_of_every_split_and_bad_ranges_are_refused():
+    default = build_task(BenchConfig(n_classes=3, n_test=4), seed=1, shots=2)
+    small = build_task(BenchConfig(n_classes=3, n_test=4, object_radius=(0.1, 0.12)), seed=1, shots=2)
+    # the pairing and the classes come from the seed alone; only the sizes change
+    assert small.pairing == default.pairing
+    for split in ("train", "test_aligned", "test_conflicting", "test_balanced"):
+        for scene, base in zip(getattr(small, split), getattr(default, split), strict=True):
+            side = scene.mask.shape[0]
+            assert scene.mask.sum() <= np.pi * (0.12 * side + 1) ** 2 < base.mask.sum()
+    for bad in ((0.0, 0.2), (0.3, 0.2), (0.2, 0.49)):
+        with pytest.raises(ValueError, match="object_radius"):
+            BenchConfig(object_radius=bad)

@@ -36,10 +36,10 @@ from dapt_core.learners.base import PromptLearner
 from dapt_core.masks import MaskFolder
 from dapt_core.objective import DaptConfig
 from dapt_core.synth.export import TASK_SPLITS, default_mask_root, export_task
-from dapt_core.synth.shapes import OBJECT_CLASSES
+from dapt_core.synth.shapes import OBJECT_CLASSES, PoseConfig
 from dapt_core.synth.task import SpuriousTask, make_task
 from dapt_core.synth.textures import BACKGROUND_CLASSES
-from dapt_core.synth.world import Scene
+from dapt_core.synth.world import DEFAULT_SCENE_CONFIG, Scene
 from dapt_core.train import TrainConfig, predict, seed_everything, train_prompts
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,10 @@ class BenchConfig:
     # aspect jitter) cut or stretch the shape. Quick run, synth-v2, conflicting accuracy of CoOp (zero-shot
     # 77.3 %): 43.6 % with 0.08, 44.5 % with 0.5, 77.3 % with 1.0. 1.0 = no crop, flips only.
     crop_min: float = 1.0
+    # Object radius range, as fractions of the image side, for every split of the task; None = the world's own
+    # (PoseConfig: 0.25-0.42, the sizes synth-mini was pre-trained on). Smaller objects make the object the
+    # harder cue to read and the background the easier one.
+    object_radius: tuple[float, float] | None = None
     device: str | None = None  # torch device; None = the GPU when there is one
 
     def __post_init__(self) -> None:
@@ -107,6 +111,11 @@ class BenchConfig:
             raise ValueError(f"epochs: must be >= 1, got {self.epochs}")
         if not 0.0 < self.crop_min <= 1.0:
             raise ValueError(f"crop_min: the smallest crop area share must lie in (0, 1], got {self.crop_min}")
+        if self.object_radius is not None:
+            low, high = self.object_radius = tuple(float(r) for r in self.object_radius)
+            if not 0.0 < low <= high <= MAX_OBJECT_RADIUS:
+                raise ValueError(f"object_radius: expected 0 < min <= max <= {MAX_OBJECT_RADIUS} (fractions of the "
+                                 f"image side), got {self.object_radius}")
         if self.n_classes is not None and not 2 <= self.n_classes <= len(OBJECT_CLASSES):
             raise ValueError(f"n_classes: must lie in [2, {len(OBJECT_CLASSES)}], got {self.n_classes}")
         self.shots, self.seeds, self.methods = tuple(self.shots), tuple(self.seeds), tuple(self.methods)
@@ -127,6 +136,9 @@ class BenchConfig:
     def learner_options(self, method: Method) -> dict:
         return {"ctx_init": self.coop_ctx_init} if method.learner == "coop" else {}
 
+
+# Largest object radius a task can ask for: the disk and the world's border margin must fit in the image.
+MAX_OBJECT_RADIUS = 0.5 - PoseConfig().margin
 
 QUICK_SHOTS = (4,)
 FULL_SHOTS = (1, 4, 16)
@@ -157,7 +169,11 @@ def build_task(cfg: BenchConfig, seed: int, shots: int) -> SpuriousTask:
     """The spurious task of one (seed, shots): all 11 classes, or the first `n_classes` with as many backgrounds,
     so that every background in the conflicting split is another class's training background."""
     objects, backgrounds = task_names(cfg)
-    return make_task(seed, shots, n_test=cfg.n_test, objects=objects, backgrounds=backgrounds)
+    config = DEFAULT_SCENE_CONFIG
+    if cfg.object_radius is not None:
+        low, high = cfg.object_radius
+        config = replace(config, pose=replace(config.pose, min_radius=low, max_radius=high))
+    return make_task(seed, shots, n_test=cfg.n_test, objects=objects, backgrounds=backgrounds, config=config)
 
 
 def task_names(cfg: BenchConfig) -> tuple[tuple[str, ...], tuple[str, ...]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from dapt_core.checkpoint import save_prompt_set
 from dapt_core.figure import save_figure
 from dapt_core.learners.base import PromptLearner
 from dapt_core.synth.bench import METHODS, BenchConfig, Method, Reporter, run_task_methods, task_names
+from dapt_core.synth.shapes import PoseConfig
 from dapt_core.synth.task import make_task, spurious_pairing
 
 FINDINGS_HEADING = "## Findings"
@@ -92,6 +94,14 @@ def _existing_findings(path: Path) -> str | None:
     return text[start:].rstrip() + "\n" if start >= 0 else None
 
 
+def _radius_text(radius: Sequence[float] | None) -> str:
+    """The task's object radius range as the report states it."""
+    if radius is None:
+        pose = PoseConfig()
+        return f"{pose.min_radius}-{pose.max_radius} of the side (the world's own)"
+    return f"{radius[0]}-{radius[1]} of the side"
+
+
 def markdown_report(result: dict, findings: str | None = None, command: str | None = None) -> str:
     """The report text: one table per shot count, DAPT-minus-base deltas, diagnostics, settings, findings."""
     cfg = result["config"]
@@ -102,6 +112,7 @@ def markdown_report(result: dict, findings: str | None = None, command: str | No
         f"Backbone `{cfg['backbone']}`; shots {list(cfg['shots'])}; seeds {list(cfg['seeds'])} (mean ± sample std "
         f"over seeds where there are several); {cfg['epochs']} epochs, batch {cfg['batch_size']}, lr {cfg['lr']}, "
         f"random-resized crops of at least {cfg.get('crop_min', 0.08)} of the image; "
+        f"object radius {_radius_text(cfg.get('object_radius'))}; "
         f"DAPT schedule `{cfg['schedule']}` (switch epoch {result['settings']['dapt']['mask']['switch_epoch']}); "
         f"{result['settings']['task']['n_classes']} classes, {cfg['n_test']} test images per class and split; "
         f"wall time {result['seconds']:.0f} s.",
