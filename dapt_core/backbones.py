@@ -78,7 +78,7 @@ register_backbone(BackboneSpec(
 register_backbone(BackboneSpec(
     name="synth-mini",
     model_name="synth-mini",
-    pretrained="synth-v2",
+    pretrained="synth-v3",
     weights="synth-mini",
     description="the bundled mini-CLIP trained on the synthetic foreground/background world (offline default)",
 ))

@@ -187,11 +187,11 @@ def test_attention_kernels_compute_the_same_run(tmp_path):
 
 BUNDLED = paths.CHECKPOINT_DIR / "synth-mini.safetensors"
 CHANCE = 100.0 / len(OBJECT_CLASSES)  # percent, for objects and for backgrounds alike (11 classes each)
-# Floors for the bundled checkpoint on this small set (200 scenes), as a smoke check. The background floor is
-# the issue's target; the object floor guards against a regression: the checkpoint measures 77.5 % here and
-# 78.5 % on `synth zeroshot`'s 2,000 scenes, short of the issue's 90 % (see checkpoints/synth-mini.md).
+# The issue's targets, checked on a small set (200 scenes) as a smoke check of the bundled checkpoint. It
+# measures 99.5 % objects and 100 % backgrounds here, 99.45 % and 100 % on `synth zeroshot`'s 2,000 scenes
+# (see checkpoints/synth-mini.md), so the margin covers the smaller set's sampling noise.
 MIN_BACKGROUND_ACC = 95.0
-MIN_OBJECT_ACC = 65.0
+MIN_OBJECT_ACC = 90.0
 
 
 @pytest.fixture(scope="module")
@@ -201,6 +201,6 @@ def bundled_result():
     return evaluate_backbone(load_backbone("synth-mini", device="cpu"), n=200, seed=11)
 
 
-def test_bundled_synth_mini_names_backgrounds_and_most_objects(bundled_result):
+def test_bundled_synth_mini_meets_the_zero_shot_targets(bundled_result):
     assert bundled_result.background_acc >= MIN_BACKGROUND_ACC
     assert bundled_result.object_acc >= MIN_OBJECT_ACC > 7 * CHANCE

@@ -90,8 +90,9 @@ class BenchConfig:
     methods: tuple[str, ...] = tuple(METHODS)  # which of METHODS to run
     # Smallest area share of the random-resized training crop. CoOp's 0.08 suits 224 px photos of a CLIP
     # pre-trained on crops; synth-mini never saw a crop, and on its 64 px scenes crops (with their 3:4-4:3
-    # aspect jitter) cut or stretch the shape. Quick run, synth-v2, conflicting accuracy of CoOp (zero-shot
-    # 77.3 %): 43.6 % with 0.08, 44.5 % with 0.5, 77.3 % with 1.0. 1.0 = no crop, flips only.
+    # aspect jitter) cut or stretch the shape. Quick runs, conflicting accuracy: synth-v2, CoOp (zero-shot
+    # 77.3 %) 43.6 % with 0.08, 44.5 % with 0.5, 77.3 % with 1.0; synth-v3, MaPLe 88.2 % with 0.08 and 100 %
+    # with 1.0 (docs/results/synth_bench_quick*.md). 1.0 = no crop, flips only.
     crop_min: float = 1.0
     # Object radius range, as fractions of the image side, for every split of the task; None = the world's own
     # (PoseConfig: 0.25-0.42, the sizes synth-mini was pre-trained on). Smaller objects make the object the

@@ -91,7 +91,7 @@ class PretrainConfig:
     """How the mini-CLIP is pre-trained; the defaults reproduce the bundled checkpoint."""
 
     model_name: str = "synth-mini"  # open_clip model config (dapt_core/model_configs/)
-    steps: int = 1400  # optimiser steps
+    steps: int = 3000  # optimiser steps
     batch_size: int = 256  # image-caption pairs per step
     lr: float = 2e-3  # peak learning rate of AdamW
     min_lr_ratio: float = 0.02  # the cosine ends at lr * this
