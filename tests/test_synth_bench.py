@@ -203,6 +203,6 @@ def test_object_radius_sets_the_size_of_every_split_and_bad_ranges_are_refused()
         for scene, base in zip(getattr(small, split), getattr(default, split), strict=True):
             side = scene.mask.shape[0]
             assert scene.mask.sum() <= np.pi * (0.12 * side + 1) ** 2 < base.mask.sum()
-    for bad in ((0.0, 0.2), (0.3, 0.2), (0.2, 0.49)):
+    for bad in ((0.0, 0.2), (0.3, 0.2), (0.2, 0.49), (0.1, 0.2, 0.3)):
         with pytest.raises(ValueError, match="object_radius"):
             BenchConfig(object_radius=bad)

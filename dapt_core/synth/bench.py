@@ -72,6 +72,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
 )}
 
 
+# Largest object radius a task can ask for: the disk and the world's border margin must fit in the image.
+MAX_OBJECT_RADIUS = 0.5 - PoseConfig().margin
+
+
 @dataclass
 class BenchConfig:
     backbone: str = "synth-mini"  # backbone registry name
@@ -113,8 +117,8 @@ class BenchConfig:
         if not 0.0 < self.crop_min <= 1.0:
             raise ValueError(f"crop_min: the smallest crop area share must lie in (0, 1], got {self.crop_min}")
         if self.object_radius is not None:
-            low, high = self.object_radius = tuple(float(r) for r in self.object_radius)
-            if not 0.0 < low <= high <= MAX_OBJECT_RADIUS:
+            self.object_radius = radius = tuple(float(r) for r in self.object_radius)
+            if len(radius) != 2 or not 0.0 < radius[0] <= radius[1] <= MAX_OBJECT_RADIUS:
                 raise ValueError(f"object_radius: expected 0 < min <= max <= {MAX_OBJECT_RADIUS} (fractions of the "
                                  f"image side), got {self.object_radius}")
         if self.n_classes is not None and not 2 <= self.n_classes <= len(OBJECT_CLASSES):
@@ -137,9 +141,6 @@ class BenchConfig:
     def learner_options(self, method: Method) -> dict:
         return {"ctx_init": self.coop_ctx_init} if method.learner == "coop" else {}
 
-
-# Largest object radius a task can ask for: the disk and the world's border margin must fit in the image.
-MAX_OBJECT_RADIUS = 0.5 - PoseConfig().margin
 
 QUICK_SHOTS = (4,)
 FULL_SHOTS = (1, 4, 16)
