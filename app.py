@@ -25,10 +25,10 @@ import PIL.Image
 from dapt_core import app_support as support
 from dapt_core.analysis import analyze
 from dapt_core.backbones import Backbone
-from dapt_core.cam import CAM_METHODS
-from dapt_core.figure import figure_to_array, save_figure, share_chart
+from dapt_core.attention.cam import CAM_METHODS
+from dapt_core.viz.figure import figure_to_array, save_figure, share_chart
 from dapt_core.imageio import image_to_array, load_image
-from dapt_core.overlay import heatmap_overlay, outline, split_panel
+from dapt_core.viz.overlay import heatmap_overlay, outline, split_panel
 
 log = logging.getLogger("dapt_app")
 

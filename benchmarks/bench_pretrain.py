@@ -3,7 +3,7 @@
 Usage: python3 benchmarks/bench_pretrain.py [--steps 15] [--batch-size 256] [--threads 2]
                                             [--precisions bf16 fp32] [--attention math auto]
 
-Runs ``dapt_core.synth.pretrain`` from scratch for ``--steps`` steps (no probes, nothing saved) once per
+Runs ``dapt_core.minclip.pretrain`` from scratch for ``--steps`` steps (no probes, nothing saved) once per
 precision and attention kernel, all in one process one after another, and reports seconds per step (rendering
 the scenes included) and each kernel's time relative to ``auto`` (PyTorch's own pick) at the same precision.
 Prints a table, then one JSON line.
@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from dapt_core.synth.pretrain import ATTENTION, PretrainConfig, pretrain
+from dapt_core.minclip.pretrain import ATTENTION, PretrainConfig, pretrain
 
 
 def main() -> None:

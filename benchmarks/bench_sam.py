@@ -24,7 +24,7 @@ from segment_anything import sam_model_registry  # noqa: E402
 
 from dapt_core.segment import SegmentContext  # noqa: E402
 from dapt_core.segment.sam import SamSegmenter  # noqa: E402
-from dapt_core.synth import render_scene  # noqa: E402
+from dapt_core.world import render_scene  # noqa: E402
 
 CAM_BLUR_SHARE = 0.05  # the fake CAM is the object mask blurred by this share of the image side
 

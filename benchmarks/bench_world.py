@@ -21,7 +21,7 @@ for _variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import cv2  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from dapt_core.synth import iter_scenes  # noqa: E402
+from dapt_core.world import iter_scenes  # noqa: E402
 
 # Scenes rendered before timing starts, so caches and lazy imports do not count.
 WARMUP_SCENES = 200

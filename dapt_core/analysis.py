@@ -4,7 +4,7 @@
 asks every prompt set for its top-5 and a class activation map, finds the object with a segmenter (or takes a
 given mask), and measures how much of each CAM lies on the object. Prompt sets that share the frozen image
 tower (CoOp-kind) share one image forward; MaPLe sets get one each; class text features are cached per prompt
-set (:mod:`dapt_core.shared_cam`). Everything that runs the shared model holds ``backbone.lock``, so
+set (:mod:`dapt_core.attention.shared`). Everything that runs the shared model holds ``backbone.lock``, so
 concurrent calls (two visitors of the app) never see each other's hooks.
 """
 
@@ -22,11 +22,11 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from dapt_core.attention_metrics import MASK_THRESHOLD, as_mask, object_share, pointing_game
+from dapt_core.attention.metrics import MASK_THRESHOLD, as_mask, object_share, pointing_game
 from dapt_core.backbones import Backbone
 from dapt_core.imageio import DEFAULT_MAX_PIXELS, ImageSource, image_to_array, load_image
 from dapt_core.learners.base import PromptLearner
-from dapt_core.shared_cam import SetCam, check_method, class_text_features, prompt_set_cams
+from dapt_core.attention.shared import SetCam, check_method, class_text_features, prompt_set_cams
 
 if TYPE_CHECKING:
     from dapt_core.segment import SegmentResult, Segmenter
@@ -67,7 +67,7 @@ class AnalysisResult:
     mask: np.ndarray | None  # (H, W) bool foreground used for the numbers and the split
     segmentation: SegmentResult | None  # the segmenter's answer; None for a given mask or none at all
     results: list[PromptSetResult]  # one per prompt set, in the order given
-    cam_method: str  # key of dapt_core.cam.CAM_METHODS
+    cam_method: str  # key of dapt_core.attention.cam.CAM_METHODS
     # seconds per stage: load, text, forward (image forwards), cam (gradients, maps, resizing), segment, metrics,
     # total
     timings: dict[str, float] = field(default_factory=dict)
@@ -81,8 +81,8 @@ class AnalysisResult:
         return "segmenter" if self.segmentation is not None else "given"
 
     def figure(self, title: str | None = None) -> Figure:
-        """The side-by-side comparison (:func:`dapt_core.figure.comparison_figure`)."""
-        from dapt_core.figure import PanelResult, comparison_figure
+        """The side-by-side comparison (:func:`dapt_core.viz.figure.comparison_figure`)."""
+        from dapt_core.viz.figure import PanelResult, comparison_figure
 
         panels = [PanelResult(r.name if r.name == r.label else f"{r.name}\n{r.label}", r.cam, r.top5,
                               r.object_share, r.pointing_hit) for r in self.results]
@@ -124,7 +124,7 @@ def analyze(image: ImageSource, prompt_sets: list[PromptLearner] | list[tuple[st
             given the first prompt set's image-sized CAM and a ``score_masks`` that keeps each mask's pixels
             (the rest becomes the data set's mean colour) and returns the first set's probability of its CAM
             class; both are for that set's target class, which is its prediction unless ``target`` is named.
-        cam_method: a key of :data:`dapt_core.cam.CAM_METHODS`.
+        cam_method: a key of :data:`dapt_core.attention.cam.CAM_METHODS`.
         target: the class every CAM explains; None = each set's own predicted class.
         mask: (H, W) bool or [0, 1] ground-truth foreground; wins over ``segmenter``.
         share_forward: let CoOp-kind prompt sets share one image forward (False: one forward each).

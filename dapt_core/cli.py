@@ -36,7 +36,7 @@ def _load_backbone(args: argparse.Namespace, name: str | None = None):
 
 
 def _splits(args: argparse.Namespace):
-    from dapt_core.data import parse_data_spec, subsample_classes
+    from dapt_core.data.folders import parse_data_spec, subsample_classes
 
     splits = parse_data_spec(args.data)
     return subsample_classes(splits, args.subsample)
@@ -78,9 +78,9 @@ def add_train(sub) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from dapt_core.checkpoint import save_prompt_set
-    from dapt_core.data import few_shot, image_root, read_class_list
+    from dapt_core.data.folders import few_shot, image_root, read_class_list
     from dapt_core.learners import build_learner
-    from dapt_core.masks import MaskFolder
+    from dapt_core.data.masks import MaskFolder
     from dapt_core.objective import DaptConfig
     from dapt_core.train import (
         TrainConfig,
@@ -145,7 +145,7 @@ def add_eval(sub) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     from dapt_core.checkpoint import load_prompt_set, read_info
-    from dapt_core.data import parse_data_spec, subsample_classes
+    from dapt_core.data.folders import parse_data_spec, subsample_classes
     from dapt_core.train import evaluate, harmonic_mean
 
     info = read_info(args.prompts)
@@ -191,7 +191,7 @@ def add_import(sub) -> None:
 
 def run_import(args: argparse.Namespace) -> int:
     from dapt_core.checkpoint import import_official
-    from dapt_core.data import read_class_list
+    from dapt_core.data.folders import read_class_list
     from dapt_core.objective import DaptConfig
 
     classnames = read_class_list(args.classes) if args.classes else _splits(args).classnames

@@ -13,7 +13,7 @@ NO_SEGMENTER = "none"
 
 def add_commands(sub) -> None:
     """Adds the ``analyze`` command to the ``python -m dapt_core`` parser."""
-    from dapt_core.cam import CAM_METHODS
+    from dapt_core.attention.cam import CAM_METHODS
 
     p = sub.add_parser("analyze", help="compare the attention of prompt sets on one image; writes a figure",
                        description="Top-5 predictions, a class activation map per prompt set, the object's mask "
@@ -39,10 +39,10 @@ def run_analyze(args: argparse.Namespace) -> int:
     from dapt_core.analysis import analyze
     from dapt_core.backbones import load_backbone
     from dapt_core.checkpoint import load_prompt_set, read_info
-    from dapt_core.data import read_class_list
-    from dapt_core.figure import save_figure
+    from dapt_core.data.folders import read_class_list
+    from dapt_core.viz.figure import save_figure
     from dapt_core.imageio import load_image
-    from dapt_core.masks import read_mask_file
+    from dapt_core.data.masks import read_mask_file
     from dapt_core.segment import get_segmenter
 
     out = Path(args.out)

@@ -122,7 +122,7 @@ def _options(args: argparse.Namespace) -> dict:
     """BenchConfig fields from the shared training arguments (also sets torch's thread count)."""
     import torch
 
-    from dapt_core.synth.bench import METHODS
+    from dapt_core.experiments.background_shift import METHODS
 
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
@@ -142,8 +142,8 @@ def _log_run(record: dict) -> None:
 
 
 def run_bench_synth(args: argparse.Namespace) -> int:
-    from dapt_core.synth.bench import full_config, quick_config, run_bench, summary_line
-    from dapt_core.synth.bench_report import write_report
+    from dapt_core.experiments.background_shift import full_config, quick_config, run_bench, summary_line
+    from dapt_core.experiments.background_shift_report import write_report
 
     options = _options(args)
     if args.shots:
@@ -176,8 +176,8 @@ def _read_result(path: str) -> dict:
 
 
 def run_bench_merge(args: argparse.Namespace) -> int:
-    from dapt_core.synth.bench import merge_results, summary_line
-    from dapt_core.synth.bench_report import write_report
+    from dapt_core.experiments.background_shift import merge_results, summary_line
+    from dapt_core.experiments.background_shift_report import write_report
 
     merged = merge_results([_read_result(path) for path in args.results])
     written = write_report(merged, args.out, args.name,
@@ -188,8 +188,8 @@ def run_bench_merge(args: argparse.Namespace) -> int:
 
 
 def run_bench_prompts(args: argparse.Namespace) -> int:
-    from dapt_core.synth.bench import BenchConfig
-    from dapt_core.synth.bench_report import PROMPT_SET_STEMS, train_prompt_sets
+    from dapt_core.experiments.background_shift import BenchConfig
+    from dapt_core.experiments.background_shift_report import PROMPT_SET_STEMS, train_prompt_sets
 
     methods = args.methods or ("coop", "coop+dapt-mask", "maple", "maple+dapt-mask")
     unknown = [m for m in methods if m not in PROMPT_SET_STEMS]
@@ -203,7 +203,7 @@ def run_bench_prompts(args: argparse.Namespace) -> int:
 
 
 def run_bench_examples(args: argparse.Namespace) -> int:
-    from dapt_core.synth.bench_report import write_examples
+    from dapt_core.experiments.background_shift_report import write_examples
 
     records = write_examples(args.out, seed=args.seed)
     print(json.dumps({"out": str(Path(args.out)), "examples": [r["file"] for r in records]}), flush=True)
@@ -212,7 +212,7 @@ def run_bench_examples(args: argparse.Namespace) -> int:
 
 def run_bench_readme(args: argparse.Namespace) -> int:
     from dapt_core.fileio import write_bytes_atomic
-    from dapt_core.synth.bench_report import readme_block, replace_marked
+    from dapt_core.experiments.background_shift_report import readme_block, replace_marked
 
     result = _read_result(args.result)
     readme = Path(args.readme)

@@ -61,8 +61,8 @@ def _learner(args: argparse.Namespace, classnames: list[str]):
 
 
 def run_masks(args: argparse.Namespace) -> int:
-    from dapt_core.cam import CAM_METHODS
-    from dapt_core.data import few_shot, image_root, parse_data_spec, read_class_list
+    from dapt_core.attention.cam import CAM_METHODS
+    from dapt_core.data.folders import few_shot, image_root, parse_data_spec, read_class_list
     from dapt_core.segment import get_segmenter
     from dapt_core.segment.bulk import learner_context_fn, precompute_masks
 

@@ -18,8 +18,8 @@ def _print_json(obj: dict) -> None:
 
 def add_commands(sub) -> None:
     """Adds the ``synth`` command, with ``pretrain`` and ``zeroshot``, to the ``python -m dapt_core`` parser."""
-    from dapt_core.synth.pretrain import PretrainConfig
-    from dapt_core.synth.zeroshot import DEFAULT_EVAL_SEED
+    from dapt_core.minclip.pretrain import PretrainConfig
+    from dapt_core.minclip.zeroshot import DEFAULT_EVAL_SEED
 
     defaults = PretrainConfig()
     p = sub.add_parser("synth", help="the synthetic world's mini-CLIP: pre-train it, measure it")
@@ -67,7 +67,7 @@ def add_commands(sub) -> None:
 
 
 def run_pretrain(args: argparse.Namespace) -> int:
-    from dapt_core.synth.pretrain import PretrainConfig, default_out, pretrain
+    from dapt_core.minclip.pretrain import PretrainConfig, default_out, pretrain
 
     cfg = replace(PretrainConfig(), seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                   warmup_steps=args.warmup, group_size=args.group_size, positives=args.positives,
@@ -86,7 +86,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
 def run_zeroshot(args: argparse.Namespace) -> int:
     from dapt_core.backbones import load_backbone
-    from dapt_core.synth.zeroshot import evaluate_backbone
+    from dapt_core.minclip.zeroshot import evaluate_backbone
 
     backbone = load_backbone(args.backbone, weights_path=args.weights, device=args.device)
     result = evaluate_backbone(backbone, n=args.n, seed=args.seed)

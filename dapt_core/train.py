@@ -22,11 +22,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from dapt_core.fileio import atomic_path
-from dapt_core.attention_metrics import binarize
-from dapt_core.cam import compute_cams
-from dapt_core.data import AugmentConfig, PromptDataset, Sample
+from dapt_core.attention.metrics import binarize
+from dapt_core.attention.cam import compute_cams
+from dapt_core.data.dataset import AugmentConfig, PromptDataset
+from dapt_core.data.records import Sample
 from dapt_core.learners.base import PromptLearner
-from dapt_core.masks import InMemoryMasks, MaskProvider
+from dapt_core.data.masks import InMemoryMasks, MaskProvider
 from dapt_core.objective import DaptConfig, dapt_losses, loss_weights
 
 log = logging.getLogger(__name__)

@@ -10,12 +10,12 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from dapt_core.analysis import AnalysisError, analyze
-from dapt_core.cam import CAM_METHODS, compute_cams, default_target_layer
+from dapt_core.attention.cam import CAM_METHODS, compute_cams, default_target_layer
 from dapt_core.checkpoint import METADATA_KEY, read_info, save_prompt_set
 from dapt_core.cli import main
 from dapt_core.learners import build_learner
 from dapt_core.segment import Candidate, SegmentResult
-from dapt_core.shared_cam import cams_from_forward, class_text_features, image_forward
+from dapt_core.attention.shared import cams_from_forward, class_text_features, image_forward
 
 CLASSES = ["dog", "cat", "fish", "bird", "horse", "lizard"]
 

@@ -19,8 +19,8 @@ import app  # noqa: E402  (the repository root is on sys.path when pytest runs f
 from dapt_core.checkpoint import save_prompt_set  # noqa: E402
 from dapt_core.learners import build_learner  # noqa: E402
 from dapt_core.objective import DaptConfig  # noqa: E402
-from dapt_core.overlay import PANEL_GAP_PX  # noqa: E402
-from dapt_core.synth import OBJECT_CLASSES, render_scene  # noqa: E402
+from dapt_core.viz.overlay import PANEL_GAP_PX  # noqa: E402
+from dapt_core.world import OBJECT_CLASSES, render_scene  # noqa: E402
 
 from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402

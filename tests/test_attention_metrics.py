@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from dapt_core.attention_metrics import binarize, mask_iou, object_share, pointing_game
+from dapt_core.attention.metrics import binarize, mask_iou, object_share, pointing_game
 
 # 0..15 in row-major order: total 120, peak 15 at the bottom-right corner (3, 3).
 RAMP = np.arange(16, dtype=float).reshape(4, 4)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from dapt_core.cam import CAM_METHODS, compute_cams, vit_reshape
+from dapt_core.attention.cam import CAM_METHODS, compute_cams, vit_reshape
 from dapt_core.learners import build_learner
 
 

@@ -130,7 +130,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_backbone, t
     import numpy as np
     from PIL import Image
 
-    from dapt_core.data import load_imagefolder
+    from dapt_core.data.folders import load_imagefolder
     rng = np.random.default_rng(0)
     for name in CLASSES:
         (tmp_path / "data" / name).mkdir(parents=True)

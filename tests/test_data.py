@@ -6,19 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from dapt_core.data import (
-    DataError,
-    DatasetSplits,
-    PromptDataset,
-    Sample,
-    few_shot,
-    list_coop_datasets,
-    load_coop,
-    load_imagefolder,
-    parse_data_spec,
-    subsample_classes,
-)
-from dapt_core.masks import InMemoryMasks
+from dapt_core.data.dataset import PromptDataset
+from dapt_core.data.folders import few_shot, list_coop_datasets, load_coop, load_imagefolder, parse_data_spec, subsample_classes
+from dapt_core.data.records import DataError, DatasetSplits, Sample
+from dapt_core.data.masks import InMemoryMasks
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)

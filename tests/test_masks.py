@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dapt_core.data import DataError, Sample
-from dapt_core.masks import (
+from dapt_core.data.records import DataError, Sample
+from dapt_core.data.masks import (
     CachedProvider,
     InMemoryMasks,
     MaskCache,

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from dapt_core.figure import PanelResult, comparison_figure, figure_to_array, save_figure, share_chart
-from dapt_core.overlay import (
+from dapt_core.viz.figure import PanelResult, comparison_figure, figure_to_array, save_figure, share_chart
+from dapt_core.viz.overlay import (
     PANEL_GAP_PX,
     background_only,
     checkerboard,

@@ -18,9 +18,9 @@ import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from dapt_core import paths
-from dapt_core.attention_metrics import binarize, mask_iou
-from dapt_core.data import Sample
-from dapt_core.masks import MaskFolder
+from dapt_core.attention.metrics import binarize, mask_iou
+from dapt_core.data.records import Sample
+from dapt_core.data.masks import MaskFolder
 from dapt_core.segment import (
     Candidate,
     SegmentationError,
@@ -34,7 +34,7 @@ from dapt_core.segment import sam as sam_module
 from dapt_core.segment.base import CamPromptConfig, cam_box, cam_peaks, choose_candidate
 from dapt_core.segment.bulk import learner_context_fn, mask_path, precompute_masks
 from dapt_core.segment.sam import SamConfig, SamSegmenter
-from dapt_core.synth import PoseConfig, SceneConfig, render_scene
+from dapt_core.world import PoseConfig, SceneConfig, render_scene
 from dapt_core.weights import WeightsNotFoundError
 
 TINY_SAM_SIZE = 256  # encoder input side; 16 px patches -> a 16 x 16 embedding
@@ -334,7 +334,7 @@ def test_masks_command_fills_the_folder_train_reads(tiny_backbone, tmp_path, cap
     assert args.func(args) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert report["written"] == report["images"] > 0 and report["skipped"] == 0
-    from dapt_core.data import image_root, parse_data_spec
+    from dapt_core.data.folders import image_root, parse_data_spec
 
     splits = parse_data_spec(f"imagefolder:{tmp_path / 'data'}")
     folder = MaskFolder(out, image_root(splits))

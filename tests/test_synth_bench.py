@@ -11,8 +11,8 @@ import torch
 
 from dapt_core.checkpoint import load_prompt_set, read_info
 from dapt_core.cli import main
-from dapt_core.synth import OBJECT_CLASSES
-from dapt_core.synth.bench import (
+from dapt_core.world import OBJECT_CLASSES
+from dapt_core.experiments.background_shift import (
     METHODS,
     SUMMARY_FIELDS,
     BenchConfig,
@@ -22,7 +22,7 @@ from dapt_core.synth.bench import (
     run_bench,
     train_method,
 )
-from dapt_core.synth.bench_report import FINDINGS_HEADING, train_prompt_sets, write_examples, write_report
+from dapt_core.experiments.background_shift_report import FINDINGS_HEADING, train_prompt_sets, write_examples, write_report
 from dapt_core.train import predict
 
 @pytest.fixture(autouse=True, scope="module")
@@ -88,7 +88,7 @@ def test_readme_command_fills_the_marked_block_only(tmp_path, tiny_backbone):
 
 def _zero_shot_clip_predictions(backbone, classnames, samples) -> np.ndarray:
     """Zero-shot CLIP computed straight from open_clip, without any prompt learner."""
-    from dapt_core.data import PromptDataset
+    from dapt_core.data.dataset import PromptDataset
 
     data = PromptDataset(samples, image_size=backbone.image_size, mean=backbone.mean, std=backbone.std, train=False)
     images = torch.stack([data[i]["image"] for i in range(len(samples))])
@@ -177,7 +177,7 @@ def test_bad_method_name_is_refused():
 
 
 def test_merge_results_of_per_seed_runs(tiny_backbone):
-    from dapt_core.synth.bench import merge_results
+    from dapt_core.experiments.background_shift import merge_results
 
     runs = [run_bench(BenchConfig(shots=(1,), seeds=(seed,), methods=("zero-shot",), **REDUCED),
                       backbone=tiny_backbone) for seed in (1, 2)]

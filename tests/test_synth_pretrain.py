@@ -13,8 +13,8 @@ from dapt_core.backbones import load_backbone
 import argparse
 
 from dapt_core import cli_synth
-from dapt_core.synth import BACKGROUND_CLASSES, OBJECT_CLASSES
-from dapt_core.synth.pretrain import (
+from dapt_core.world import BACKGROUND_CLASSES, OBJECT_CLASSES
+from dapt_core.minclip.pretrain import (
     PairBatch,
     PretrainConfig,
     class_caption_loss,
@@ -26,7 +26,7 @@ from dapt_core.synth.pretrain import (
     template_facts,
     true_of,
 )
-from dapt_core.synth.zeroshot import balanced_scenes, background_prompts, evaluate_backbone, object_prompts
+from dapt_core.minclip.zeroshot import balanced_scenes, background_prompts, evaluate_backbone, object_prompts
 
 def run_cli(argv: list[str]) -> int:
     # only this module's commands: the test should not hang on other command modules

@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from dapt_core.synth import (
+from dapt_core.world import (
     BACKGROUND_CLASSES,
     CAPTION_TEMPLATES,
     COLOURS,
@@ -34,7 +34,7 @@ from dapt_core.synth import (
     sample_pose,
     spurious_pairing,
 )
-from dapt_core.synth import export as export_module
+from dapt_core.world import export as export_module
 
 
 def _same_scenes(a, b) -> bool:

@@ -12,7 +12,7 @@ from typing import Callable
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from dapt_core.figure import FIGURE_DPI
+from dapt_core.viz.figure import FIGURE_DPI
 from dapt_core.train import TrainingCancelled
 
 log = logging.getLogger(__name__)

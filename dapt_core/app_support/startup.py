@@ -18,7 +18,7 @@ import numpy as np
 from dapt_core import paths
 from dapt_core.backbones import Backbone, BackboneError, get_backbone_spec, load_backbone
 from dapt_core.learners.base import clean_classnames
-from dapt_core.masks import read_mask_file
+from dapt_core.data.masks import read_mask_file
 from dapt_core.weights import WeightsNotFoundError
 
 log = logging.getLogger(__name__)

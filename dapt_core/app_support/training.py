@@ -14,9 +14,10 @@ from dapt_core.app_support.catalog import PromptCatalog
 from dapt_core.app_support.uploads import UploadError, check_image_folder
 from dapt_core.backbones import Backbone
 from dapt_core.checkpoint import save_prompt_set
-from dapt_core.data import Sample, few_shot, load_imagefolder
+from dapt_core.data.folders import few_shot, load_imagefolder
+from dapt_core.data.records import Sample
 from dapt_core.learners import build_learner, list_learners
-from dapt_core.masks import MaskFolder
+from dapt_core.data.masks import MaskFolder
 from dapt_core.objective import CUES, DaptConfig
 from dapt_core.train import StepReport, TrainConfig, config_dict, evaluate, train_prompts
 
@@ -86,7 +87,7 @@ def dapt_config(cue: str, epochs: int) -> DaptConfig:
 
 
 def _synthetic_data(req: TrainRequest, workdir: Path):
-    from dapt_core.synth import export_task, make_task
+    from dapt_core.world import export_task, make_task
 
     task = make_task(req.seed, int(req.shots), size=SYNTH_IMAGE_SIZE, n_test=req.synth_test_per_class)
     exports = export_task(task, workdir / "synth")

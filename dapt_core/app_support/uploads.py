@@ -13,7 +13,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from dapt_core.data import IMAGE_EXTENSIONS, list_images
+from dapt_core.constants import IMAGE_EXTENSIONS
+from dapt_core.data.records import list_images
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def extract_labelled_zip(archive: Path, dest: Path, limits: UploadLimits = Uploa
     Only image files are written; paths are rebuilt from their parts, so nothing lands outside ``dest``.
 
     Returns:
-        The image-folder root (``dest``), ready for :func:`dapt_core.data.load_imagefolder`.
+        The image-folder root (``dest``), ready for :func:`dapt_core.data.folders.load_imagefolder`.
 
     Raises:
         UploadError: not a zip, corrupt, too big, unsafe paths, images outside class folders, fewer than two

@@ -15,7 +15,7 @@ from typing import Callable, Protocol, runtime_checkable
 import cv2
 import numpy as np
 
-from dapt_core.attention_metrics import as_cam
+from dapt_core.attention.metrics import as_cam
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 :func:`precompute_masks` runs a segmenter over a list of samples and writes one 0/255 PNG per image into a
 tree that mirrors the image tree (``mask_root/<image path relative to image_root, suffix .png>``), which is
-what :class:`dapt_core.masks.MaskFolder` reads. Each file is written to a temporary name and moved into
+what :class:`dapt_core.data.masks.MaskFolder` reads. Each file is written to a temporary name and moved into
 place, and existing files are skipped, so an interrupted run resumes where it stopped.
 :func:`learner_context_fn` supplies the segmenters' context from a prompt learner: its Grad-CAM for the
 true class and a CLIP scorer of masked regions.
@@ -22,7 +22,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from dapt_core.fileio import atomic_path
-from dapt_core.data import Sample, load_rgb
+from dapt_core.data.dataset import load_rgb
+from dapt_core.data.records import Sample
 from dapt_core.segment.base import SegmentContext, Segmenter
 
 if TYPE_CHECKING:
@@ -144,7 +145,7 @@ def learner_context_fn(learner: PromptLearner, *, cam_method: str = "gradcam", s
 
     Args:
         learner: its class list must be indexed by the samples' labels.
-        cam_method: a key of :data:`dapt_core.cam.CAM_METHODS`.
+        cam_method: a key of :data:`dapt_core.attention.cam.CAM_METHODS`.
         score: also provide ``score_masks`` (SAM then chooses by it); False leaves SAM's predicted IoU.
 
     Returns:
@@ -152,7 +153,7 @@ def learner_context_fn(learner: PromptLearner, *, cam_method: str = "gradcam", s
     """
     import torch
 
-    from dapt_core.cam import compute_cams
+    from dapt_core.attention.cam import compute_cams
 
     backbone = learner.backbone
     size = backbone.image_size

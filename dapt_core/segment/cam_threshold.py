@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dapt_core.attention_metrics import DEFAULT_BINARIZE_THRESHOLD, binarize
+from dapt_core.attention.metrics import DEFAULT_BINARIZE_THRESHOLD, binarize
 from dapt_core.segment.base import (
     Candidate,
     SegmentContext,

@@ -26,7 +26,7 @@ import torch
 from segment_anything import SamPredictor, sam_model_registry
 from segment_anything.modeling import Sam
 
-from dapt_core.attention_metrics import binarize
+from dapt_core.attention.metrics import binarize
 from dapt_core.segment.base import (
     CamPromptConfig,
     Candidate,

@@ -31,7 +31,7 @@ import app  # noqa: E402
 from dapt_core.checkpoint import save_prompt_set  # noqa: E402
 from dapt_core.learners import build_learner  # noqa: E402
 from dapt_core.objective import DaptConfig  # noqa: E402
-from dapt_core.synth import OBJECT_CLASSES, render_scene  # noqa: E402
+from dapt_core.world import OBJECT_CLASSES, render_scene  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """The background-shift benchmark: prompt learners with and without DAPT on the spurious synthetic task.
 
-Every object class is trained on its own background only (`dapt_core.synth.make_task`), so a learner can
+Every object class is trained on its own background only (`dapt_core.world.make_task`), so a learner can
 score perfectly by reading the background. Each method is then tested on three splits: ``aligned`` (the
 pairing holds), ``balanced`` (backgrounds independent of the object) and ``conflicting`` (every object on
 a background other than its own). On the conflicting images it also measures where the model looks: the
@@ -27,19 +27,21 @@ import cv2
 import numpy as np
 import torch
 
-from dapt_core.attention_metrics import binarize, mask_iou, object_share, pointing_game
+from dapt_core.attention.metrics import binarize, mask_iou, object_share, pointing_game
 from dapt_core.backbones import Backbone, load_backbone
-from dapt_core.cam import compute_cams
-from dapt_core.data import PromptDataset, Sample, load_imagefolder
+from dapt_core.attention.cam import compute_cams
+from dapt_core.data.dataset import PromptDataset
+from dapt_core.data.folders import load_imagefolder
+from dapt_core.data.records import Sample
 from dapt_core.learners import build_learner
 from dapt_core.learners.base import PromptLearner
-from dapt_core.masks import MaskFolder
+from dapt_core.data.masks import MaskFolder
 from dapt_core.objective import DaptConfig
-from dapt_core.synth.export import TASK_SPLITS, default_mask_root, export_task
-from dapt_core.synth.shapes import OBJECT_CLASSES, PoseConfig
-from dapt_core.synth.task import SpuriousTask, make_task
-from dapt_core.synth.textures import BACKGROUND_CLASSES
-from dapt_core.synth.world import DEFAULT_SCENE_CONFIG, Scene
+from dapt_core.world.export import TASK_SPLITS, default_mask_root, export_task
+from dapt_core.world.shapes import OBJECT_CLASSES, PoseConfig
+from dapt_core.world.task import SpuriousTask, make_task
+from dapt_core.world.textures import BACKGROUND_CLASSES
+from dapt_core.world.scenes import DEFAULT_SCENE_CONFIG, Scene
 from dapt_core.train import TrainConfig, predict, seed_everything, train_prompts
 
 log = logging.getLogger(__name__)
@@ -90,7 +92,7 @@ class BenchConfig:
     n_test: int = 10  # images per class in each test split
     n_classes: int | None = None  # use the first n object classes (and n backgrounds); None = all 11
     coop_ctx_init: str = ZERO_SHOT_CONTEXT  # CoOp's context init (4 tokens); the zero-shot method uses it too
-    cam_method: str = "gradcam"  # CAM for the attention metrics (a key of dapt_core.cam.CAM_METHODS)
+    cam_method: str = "gradcam"  # CAM for the attention metrics (a key of dapt_core.attention.cam.CAM_METHODS)
     methods: tuple[str, ...] = tuple(METHODS)  # which of METHODS to run
     # Smallest area share of the random-resized training crop. CoOp's 0.08 suits 224 px photos of a CLIP
     # pre-trained on crops; synth-mini never saw a crop, and on its 64 px scenes crops (with their 3:4-4:3

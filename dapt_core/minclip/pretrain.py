@@ -49,11 +49,11 @@ from tqdm.auto import tqdm
 from dapt_core.fileio import atomic_path
 from dapt_core import paths
 from dapt_core.backbones import get_backbone_spec
-from dapt_core.synth.shapes import OBJECT_CLASSES
-from dapt_core.synth.task import _cycled
-from dapt_core.synth.textures import BACKGROUND_CLASSES
-from dapt_core.synth.world import CAPTION_TEMPLATES, check_count, make_caption, render_scene
-from dapt_core.synth.zeroshot import balanced_scenes, images_to_tensor, zeroshot_accuracy
+from dapt_core.world.shapes import OBJECT_CLASSES
+from dapt_core.world.task import _cycled
+from dapt_core.world.textures import BACKGROUND_CLASSES
+from dapt_core.world.scenes import CAPTION_TEMPLATES, check_count, make_caption, render_scene
+from dapt_core.minclip.zeroshot import balanced_scenes, images_to_tensor, zeroshot_accuracy
 
 log = logging.getLogger(__name__)
 

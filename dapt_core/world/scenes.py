@@ -17,8 +17,8 @@ from types import MappingProxyType
 
 import numpy as np
 
-from dapt_core.synth.shapes import OBJECT_CLASSES, PoseConfig, check_object, render_object_mask, sample_pose
-from dapt_core.synth.textures import BACKGROUND_CLASSES, check_background, render_background
+from dapt_core.world.shapes import OBJECT_CLASSES, PoseConfig, check_object, render_object_mask, sample_pose
+from dapt_core.world.textures import BACKGROUND_CLASSES, check_background, render_background
 
 # Object colours, RGB. Every one is a plain colour word, so a caption can name it.
 COLOURS: Mapping[str, tuple[int, int, int]] = MappingProxyType(

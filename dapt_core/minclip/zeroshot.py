@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from dapt_core.synth.shapes import OBJECT_CLASSES
-from dapt_core.synth.textures import BACKGROUND_CLASSES
-from dapt_core.synth.world import BACKGROUND_PHRASES, Scene, check_count, make_caption
-from dapt_core.synth.task import _cycled
+from dapt_core.world.shapes import OBJECT_CLASSES
+from dapt_core.world.textures import BACKGROUND_CLASSES
+from dapt_core.world.scenes import BACKGROUND_PHRASES, Scene, check_count, make_caption
+from dapt_core.world.task import _cycled
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def balanced_scenes(n: int, seed: int, size: int) -> list[Scene]:
         seed: non-negative seed; its stream is apart from every pre-training and task stream.
         size: image side in pixels.
     """
-    from dapt_core.synth.world import render_scene  # a late import keeps this module light for the CLI
+    from dapt_core.world.scenes import render_scene  # a late import keeps this module light for the CLI
 
     n = check_count(n, "n", 1)
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(EVAL_STREAM,)))

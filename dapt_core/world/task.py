@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dapt_core.synth.shapes import OBJECT_CLASSES, check_object
-from dapt_core.synth.textures import BACKGROUND_CLASSES, check_background
-from dapt_core.synth.world import (
+from dapt_core.world.shapes import OBJECT_CLASSES, check_object
+from dapt_core.world.textures import BACKGROUND_CLASSES, check_background
+from dapt_core.world.scenes import (
     DEFAULT_SCENE_CONFIG,
     Scene,
     SceneConfig,

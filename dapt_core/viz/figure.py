@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from dapt_core.fileio import atomic_path
-from dapt_core.overlay import heatmap_overlay, outline, split_views
+from dapt_core.viz.overlay import heatmap_overlay, outline, split_views
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def comparison_figure(
         ``4 + len(panels)`` axes, without ``1 + len(panels)``.
 
     Raises:
-        ValueError: bad image, mask or CAM (see :mod:`dapt_core.overlay`).
+        ValueError: bad image, mask or CAM (see :mod:`dapt_core.viz.overlay`).
     """
     display = _display_image(image)
     aspect = min(max(display.shape[0] / display.shape[1], MIN_ASPECT), MAX_ASPECT)

@@ -3,7 +3,7 @@
 Every function takes an (H, W, 3) uint8 RGB image and returns a new array of the same
 kind; nothing is random, so the same input always gives the same pixels. A mask whose
 shape differs from the image is resized to it (bilinear, then thresholded at
-:data:`~dapt_core.attention_metrics.MASK_THRESHOLD`), since masks may come from a
+:data:`~dapt_core.attention.metrics.MASK_THRESHOLD`), since masks may come from a
 segmenter run at another resolution.
 """
 
@@ -16,7 +16,7 @@ import cv2
 import matplotlib
 import numpy as np
 
-from dapt_core.attention_metrics import MASK_THRESHOLD, as_cam, as_mask
+from dapt_core.attention.metrics import MASK_THRESHOLD, as_cam, as_mask
 
 DEFAULT_COLORMAP = "jet"
 # Half and half keeps the object recognisable under the heat map.

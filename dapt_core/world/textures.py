@@ -14,7 +14,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from dapt_core.synth.shapes import UnknownClassError
+from dapt_core.world.shapes import UnknownClassError
 
 TextureFn = Callable[[int, np.random.Generator], np.ndarray]
 

@@ -7,7 +7,7 @@ Layout for ``export_imagefolder(scenes, "data/train")``::
     data/train_masks/<object>/<index>.png   single-channel mask, 0 (background) or 255 (object)
 
 A mask has the same relative path under the mask root as its image under the image root, which is
-the layout `dapt_core.masks.MaskFolder(mask_root, image_root)` reads. `export_task` writes every split
+the layout `dapt_core.data.masks.MaskFolder(mask_root, image_root)` reads. `export_task` writes every split
 of a `SpuriousTask` as ``root/<split>/<object>/<index>.png`` under one image root and one mask root.
 
 Every file is written to a temporary name in its final folder and renamed into place, so a crash
@@ -28,8 +28,8 @@ import cv2
 import numpy as np
 
 from dapt_core.fileio import write_bytes_atomic
-from dapt_core.synth.task import SpuriousTask
-from dapt_core.synth.world import Scene
+from dapt_core.world.task import SpuriousTask
+from dapt_core.world.scenes import Scene
 
 METADATA_NAME = "metadata.jsonl"
 MASK_ROOT_SUFFIX = "_masks"

@@ -5,7 +5,7 @@ whose training backgrounds are a spurious cue; `export_imagefolder` and `export_
 for the CLI and `load_scenes` reads them back.
 """
 
-from dapt_core.synth.export import (
+from dapt_core.world.export import (
     METADATA_NAME,
     TASK_SPLITS,
     ImageFolderExport,
@@ -15,7 +15,7 @@ from dapt_core.synth.export import (
     load_scenes,
     read_mask,
 )
-from dapt_core.synth.shapes import (
+from dapt_core.world.shapes import (
     OBJECT_CLASSES,
     ObjectPose,
     PoseConfig,
@@ -23,9 +23,9 @@ from dapt_core.synth.shapes import (
     render_object_mask,
     sample_pose,
 )
-from dapt_core.synth.task import SpuriousTask, make_task, spurious_pairing
-from dapt_core.synth.textures import BACKGROUND_CLASSES, render_background
-from dapt_core.synth.world import (
+from dapt_core.world.task import SpuriousTask, make_task, spurious_pairing
+from dapt_core.world.textures import BACKGROUND_CLASSES, render_background
+from dapt_core.world.scenes import (
     BACKGROUND_PHRASES,
     CAPTION_TEMPLATES,
     COLOURS,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from dapt_core.data import SPLIT_DIRS, DataError, DatasetSplits, Sample, list_images
+from dapt_core.data.records import DataError, DatasetSplits, list_images, Sample, SPLIT_DIRS
 
 LAYOUT_HINT = "the data set must be in CoOp's layout (see CoOp's DATASETS.md)"
 

@@ -1,6 +1,6 @@
 """Where foreground masks come from: folders of masks, masks held in memory, and a content-keyed disk cache.
 
-A :class:`MaskProvider` hands :class:`~dapt_core.data.PromptDataset` one float mask per image, values in
+A :class:`MaskProvider` hands :class:`~dapt_core.data.dataset.PromptDataset` one float mask per image, values in
 [0, 1] (1 = foreground), at any resolution; the dataset scales it onto the image and crops both together.
 Ground-truth masks live in a :class:`MaskFolder`; Grad-CAM masks, recomputed every epoch, in
 :class:`InMemoryMasks`; masks from a segmenter are computed once per image content and kept in a
@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from dapt_core.fileio import atomic_path
-from dapt_core.data import MASK_RANGE_TOLERANCE, DataError, Sample
+from dapt_core.data.records import DataError, MASK_RANGE_TOLERANCE, Sample
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ vision block's ``ln_1``) that turns the layer's (B, L, W) output into a fresh gr
 served by that forward then adds only its own logits and one backward from its target logit to the root,
 which stops there instead of running down the tower to the input. The CAM maths is the ``grad-cam``
 package's own (``get_cam_image``, then the ReLU and scaling of ``compute_cam_per_layer`` and
-``aggregate_multi_layers``), so a map equals :func:`dapt_core.cam.compute_cams`'s.
+``aggregate_multi_layers``), so a map equals :func:`dapt_core.attention.cam.compute_cams`'s.
 
 Prompt sets without visual prompts (CoOp-kind, ``n_visual_prompts == 0``) all see the frozen
 ``backbone.visual``, so one forward serves them all; a set with its own visual prompts (MaPLe) gets a forward
@@ -27,7 +27,7 @@ from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from dapt_core.cam import CAM_METHODS, PromptClassifier, default_target_layer, vit_reshape
+from dapt_core.attention.cam import CAM_METHODS, PromptClassifier, default_target_layer, vit_reshape
 from dapt_core.learners.base import PromptLearner
 
 
@@ -134,7 +134,7 @@ def cams_from_forward(forward: ImageForward, learners: list[PromptLearner], text
         text_features: (C, E) class text features per set, detached.
         images: (1, 3, S, S) the normalised image of the forward (sets the map's size).
         targets: class index per set, or None for the set's predicted class.
-        method: a key of :data:`dapt_core.cam.CAM_METHODS`.
+        method: a key of :data:`dapt_core.attention.cam.CAM_METHODS`.
 
     Returns:
         One :class:`SetCam` per set, in order.
@@ -184,7 +184,7 @@ def prompt_set_cams(learners: list[PromptLearner], text_features: list[torch.Ten
         text_features: (C, E) class text features per set, detached.
         images: (1, 3, S, S) normalised image.
         targets: class index per set, or None for the set's predicted class.
-        method: a key of :data:`dapt_core.cam.CAM_METHODS`.
+        method: a key of :data:`dapt_core.attention.cam.CAM_METHODS`.
         share: let sets without visual prompts share one forward; False gives every set its own.
         timings: if given, seconds of the image forwards and of the per-set CAMs are added to its
             ``"forward"`` and ``"cam"`` entries.

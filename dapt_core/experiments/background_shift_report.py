@@ -3,7 +3,7 @@ the bundled prompt sets.
 
 The Markdown report is regenerated on every run, except for its ``## Findings`` section: a hand-written
 reading of the numbers survives a rerun. Figures use ``matplotlib.figure.Figure`` (never pyplot) and are
-saved through `dapt_core.figure.save_figure`.
+saved through `dapt_core.viz.figure.save_figure`.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from matplotlib.figure import Figure
 from dapt_core.fileio import write_bytes_atomic
 from dapt_core.backbones import Backbone, load_backbone
 from dapt_core.checkpoint import save_prompt_set
-from dapt_core.figure import save_figure
+from dapt_core.viz.figure import save_figure
 from dapt_core.learners.base import PromptLearner
-from dapt_core.synth.bench import METHODS, BenchConfig, Method, Reporter, run_task_methods, task_names
-from dapt_core.synth.shapes import PoseConfig
-from dapt_core.synth.task import make_task, spurious_pairing
+from dapt_core.experiments.background_shift import METHODS, BenchConfig, Method, Reporter, run_task_methods, task_names
+from dapt_core.world.shapes import PoseConfig
+from dapt_core.world.task import make_task, spurious_pairing
 
 FINDINGS_HEADING = "## Findings"
 FINDINGS_PLACEHOLDER = "_Not written yet: read the tables above and the diagnostics, then record what they show._"
@@ -269,7 +269,7 @@ def _examples_readme(records: list[dict], pairing: dict[str, str], seed: int) ->
         "# Example images of the synthetic world",
         "",
         f"Written by `python -m dapt_core bench synth-examples --seed {seed}` "
-        "(`dapt_core.synth.bench_report.write_examples`); the same command always writes the same bytes.",
+        "(`dapt_core.experiments.background_shift_report.write_examples`); the same command always writes the same bytes.",
         "",
         f"They are test scenes of the spurious-background task of seed {seed}, the task the bundled prompt sets "
         "in `checkpoints/prompts/` were trained on (never its training images). In that task's training set "

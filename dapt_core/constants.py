@@ -1,0 +1,12 @@
+"""One constant per fact that several parts of the library share (training, analysis, masks, the app).
+
+Facts that belong to one module only stay in that module.
+"""
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+MAX_IMAGE_PIXELS = 40_000_000  # width * height accepted by the image reader, checked before decoding
+MASK_THRESHOLD = 0.5  # a soft mask or a normalised map is foreground at or above this value
+ZERO_SHOT_CONTEXT = "a photo of a"  # CLIP's prompt prefix; CoOp started from it and not trained is zero-shot CLIP
+# The official schedule switches after 7 of 10 epochs (Ferenas/DAPT trainers/maple.py: `epoch > 6`).
+OFFICIAL_EPOCHS = 10
+OFFICIAL_SWITCH_EPOCH = 7
