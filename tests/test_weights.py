@@ -15,6 +15,7 @@ import torch
 from huggingface_hub import constants as hf_constants
 
 from dapt_core import paths, weights
+from dapt_core.weights import online, registry, resolve
 from dapt_core.weights import (
     UnknownWeightsError,
     UnsafeCheckpointError,
@@ -42,8 +43,8 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     checkpoints = tmp_path / "checkpoints"
     monkeypatch.setattr(paths, "CHECKPOINT_DIR", checkpoints)
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.setattr(weights, "_REGISTRY", dict(weights._REGISTRY))
-    monkeypatch.setattr(weights, "_ONLINE_CACHE", {})
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    monkeypatch.setattr(online, "_ONLINE_CACHE", {})
     monkeypatch.setenv("DAPT_OFFLINE", "1")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     return checkpoints
@@ -157,7 +158,7 @@ def test_checkpoints_file_beats_hf_cache(isolated: Path, tmp_path: Path) -> None
 
 def test_offline_decision_is_quick_and_says_how_to_fetch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DAPT_OFFLINE")
-    monkeypatch.setattr(weights, "is_online", lambda *args, **kwargs: False)
+    monkeypatch.setattr("dapt_core.weights.resolve.is_online", lambda *args, **kwargs: False)
 
     def no_hub_calls(*args: object, **kwargs: object) -> str:
         raise AssertionError("hf_hub_download must not run on an offline machine")
@@ -184,7 +185,7 @@ def test_real_probe_of_a_closed_port_decides_offline_quickly(monkeypatch: pytest
         weights.resolve_weights("test-url")
     elapsed = time.monotonic() - start
     assert "python -m dapt_core weights fetch test-url" in str(info.value)
-    assert weights._ONLINE_CACHE == {("127.0.0.1", port): False}
+    assert online._ONLINE_CACHE == {("127.0.0.1", port): False}
     assert elapsed < OFFLINE_DECISION_BOUND_S
 
 
@@ -195,7 +196,7 @@ def test_is_online_env_vars_skip_the_network(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.delenv("DAPT_OFFLINE")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert weights.is_online("127.0.0.1", port=1) is False
-    assert calls == [] and weights._ONLINE_CACHE == {}
+    assert calls == [] and online._ONLINE_CACHE == {}
 
 
 def test_is_online_connects_once_and_caches(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -211,13 +212,13 @@ def test_is_online_connects_once_and_caches(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_download_not_allowed_raises(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(weights, "is_online", lambda *args, **kwargs: True)
+    monkeypatch.setattr("dapt_core.weights.resolve.is_online", lambda *args, **kwargs: True)
     with pytest.raises(WeightsNotFoundError, match="downloading was not allowed"):
         weights.resolve_weights("sam-vit-b", download=False)
 
 
 def test_hf_download_uses_a_short_etag_timeout(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(weights, "is_online", lambda *args, **kwargs: True)
+    monkeypatch.setattr("dapt_core.weights.resolve.is_online", lambda *args, **kwargs: True)
     seen: dict[str, object] = {}
     downloaded = tmp_path / "downloaded.safetensors"
 
@@ -229,11 +230,11 @@ def test_hf_download_uses_a_short_etag_timeout(monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
     assert weights.fetch_weights("clip-vit-b-16-openai") == downloaded
     assert seen["repo_id"] == "timm/vit_base_patch16_clip_224.openai"
-    assert seen["etag_timeout"] == weights.HF_ETAG_TIMEOUT_S < 10
+    assert seen["etag_timeout"] == resolve.HF_ETAG_TIMEOUT_S < 10
 
 
 def test_failed_hf_download_becomes_not_found(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(weights, "is_online", lambda *args, **kwargs: True)
+    monkeypatch.setattr("dapt_core.weights.resolve.is_online", lambda *args, **kwargs: True)
 
     def failing_download(**kwargs: object) -> str:
         raise OSError("connection reset")
@@ -275,8 +276,8 @@ class _BrokenResponse(io.BytesIO):
 
 
 def test_interrupted_download_leaves_no_file(isolated: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(weights, "is_online", lambda *args, **kwargs: True)
-    monkeypatch.setattr(weights.urllib.request, "urlopen", lambda *args, **kwargs: _BrokenResponse(PAYLOAD))
+    monkeypatch.setattr("dapt_core.weights.resolve.is_online", lambda *args, **kwargs: True)
+    monkeypatch.setattr(resolve.urllib.request, "urlopen", lambda *args, **kwargs: _BrokenResponse(PAYLOAD))
     _url_spec("https://example.invalid/test_weights.pth")
     with pytest.raises(WeightsNotFoundError, match="download failed.*timed out"):
         weights.resolve_weights("test-url")
