@@ -26,6 +26,8 @@ from dapt_core.attention.metrics import MASK_THRESHOLD, as_mask, object_share, p
 from dapt_core.backbones import Backbone
 from dapt_core.imageio import DEFAULT_MAX_PIXELS, ImageSource, image_to_array, load_image
 from dapt_core.learners.base import PromptLearner
+from dapt_core.preprocess import to_model_input
+from dapt_core.segment.scoring import mask_scorer
 from dapt_core.attention.shared import SetCam, check_method, class_text_features, prompt_set_cams
 
 if TYPE_CHECKING:
@@ -34,7 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TOP_K = 5  # predictions reported per prompt set
-SCORE_BATCH = 16  # masked images per forward when the segmenter asks for CLIP scores
 # a given mask of another size is rescaled when its aspect ratio is within this relative tolerance
 MASK_ASPECT_TOLERANCE = 0.02
 CLASSES_SHOWN_IN_ERRORS = 30  # an error names at most this many classes (ImageNet has 1000)
@@ -164,7 +165,7 @@ def analyze(image: ImageSource, prompt_sets: list[PromptLearner] | list[tuple[st
     fg = given
     if fg is None and segmenter is not None:
         tick = time.perf_counter()
-        scorer = _mask_scorer(learners[0], text_features[0], batch, set_cams[0].target)
+        scorer = mask_scorer(learners[0], text_features[0], batch, set_cams[0].target)
         segmentation = _segment(segmenter, pixels, cams[0], scorer)
         fg = segmentation.mask
         timings["segment"] = time.perf_counter() - tick
@@ -244,12 +245,7 @@ def _class_index(target: str, classnames: list[str]) -> int:
 
 def _model_input(picture: Image.Image, backbone: Backbone) -> torch.Tensor:
     """(1, 3, S, S) normalised: the whole image squashed to the model's square input, no crop."""
-    size = backbone.image_size
-    squashed = np.asarray(picture.resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
-    mean = np.asarray(backbone.mean, dtype=np.float32)
-    std = np.asarray(backbone.std, dtype=np.float32)
-    chw = ((squashed - mean) / std).transpose(2, 0, 1)
-    return torch.from_numpy(np.ascontiguousarray(chw))[None].to(backbone.device)
+    return to_model_input(picture, backbone.image_size, backbone.mean, backbone.std)[None].to(backbone.device)
 
 
 def _to_image_size(cam: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -276,28 +272,6 @@ def _given_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         log.info("rescaling the mask from %s to the image's %s", values.shape, shape)
         values = cv2.resize(values.astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
     return values >= MASK_THRESHOLD
-
-
-def _mask_scorer(learner: PromptLearner, text_features: torch.Tensor, batch: torch.Tensor,
-                 target: int) -> Callable[[list[np.ndarray]], list[float]]:
-    """score_masks for the segmenter: the probability of ``target`` for the image with only the mask kept."""
-    size = batch.shape[-1]
-
-    def score_masks(masks: list[np.ndarray]) -> list[float]:
-        scores: list[float] = []
-        for start in range(0, len(masks), SCORE_BATCH):
-            chunk = masks[start:start + SCORE_BATCH]
-            # area averaging keeps thin objects visible at the model's resolution
-            small = np.stack([cv2.resize(np.asarray(m, dtype=np.float32), (size, size),
-                                         interpolation=cv2.INTER_AREA) for m in chunk])
-            weights = torch.from_numpy(small)[:, None].to(batch.device)  # (N, 1, S, S)
-            # hidden pixels become 0 after normalisation, i.e. the data set's mean colour
-            with learner.backbone.lock, torch.no_grad():
-                logits = learner(batch * weights, text_features)
-            scores.extend(float(p) for p in logits.float().softmax(dim=-1)[:, target].cpu())
-        return scores
-
-    return score_masks
 
 
 def _segment(segmenter: str | Segmenter, pixels: np.ndarray, cam: np.ndarray,

@@ -20,10 +20,12 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from dapt_core.constants import MAX_IMAGE_PIXELS
+
 logger = logging.getLogger(__name__)
 
 # 40 MP is above any camera photo people upload for a demo, and decodes to ~120 MB of RGB.
-DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_PIXELS = MAX_IMAGE_PIXELS
 # Transparent pixels are composited over white: black would read as a dark object to CLIP.
 ALPHA_BACKGROUND = (255, 255, 255)
 UINT16_MAX = 65535

@@ -13,10 +13,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-# A soft mask pixel counts as object at or above this value.
-MASK_THRESHOLD = 0.5
-# DAPT's coarse cue: the Grad-CAM divided by its max, object where it reaches half the peak.
-DEFAULT_BINARIZE_THRESHOLD = 0.5
+from dapt_core.constants import CAM_THRESHOLD, MASK_THRESHOLD
+
+DEFAULT_BINARIZE_THRESHOLD = CAM_THRESHOLD
 
 
 def object_share(cam: np.ndarray, mask: np.ndarray) -> float:

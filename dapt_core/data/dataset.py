@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from dapt_core.data.records import MASK_RANGE_TOLERANCE, DataError, Sample
 from dapt_core.imageio import ImageInputError, load_image
+from dapt_core.preprocess import Box, to_model_input
 
 if TYPE_CHECKING:
     from dapt_core.data.masks import MaskProvider
@@ -25,9 +26,6 @@ class AugmentConfig:
     crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # aspect ratio range (w/h) of the crop
     crop_attempts: int = 10  # draws before falling back to a centre crop, as torchvision does
     flip_prob: float = 0.5  # chance of a horizontal flip
-
-
-Box = tuple[float, float, float, float]  # (left, top, right, bottom) in pixel-edge coordinates
 
 
 def random_resized_crop_box(width: int, height: int, rng: np.random.Generator, cfg: AugmentConfig) -> Box:
@@ -110,8 +108,8 @@ class PromptDataset(Dataset):
             raise DataError(f"mean and std need 3 channels with std > 0, got mean={mean}, std={std}")
         self.samples = list(samples)
         self.image_size = image_size
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
         self.train = train
         self.masks = masks
         self.seed = seed
@@ -124,13 +122,6 @@ class PromptDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         """Selects the augmentation draws of this epoch."""
         self.epoch = epoch
-
-    def _normalise(self, img: Image.Image, flip: bool) -> torch.Tensor:
-        arr = np.asarray(img, dtype=np.float32) / 255.0  # (S, S, 3) in [0, 1]
-        if flip:
-            arr = arr[:, ::-1]
-        tensor = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
-        return (tensor - self.mean) / self.std
 
     def _mask(self, index: int, sample: Sample) -> np.ndarray | None:
         if self.masks is None:
@@ -165,7 +156,7 @@ class PromptDataset(Dataset):
         else:
             box = center_crop_box(width, height)
         size = (self.image_size, self.image_size)
-        image = self._normalise(img.resize(size, Image.Resampling.BICUBIC, box=box), flip)
+        image = to_model_input(img, self.image_size, self.mean, self.std, box=box, flip=flip)
 
         mask_arr = self._mask(index, sample)
         if mask_arr is None:
@@ -191,5 +182,4 @@ class PromptDataset(Dataset):
         """
         img = load_rgb(self.samples[index].path)
         width, height = img.size
-        resized = img.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
-        return self._normalise(resized, flip=False), (height, width)
+        return to_model_input(img, self.image_size, self.mean, self.std), (height, width)

@@ -18,13 +18,13 @@ from typing import Callable, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from dapt_core.constants import MASK_THRESHOLD
 from dapt_core.fileio import atomic_path
 from dapt_core.data.records import DataError, MASK_RANGE_TOLERANCE, Sample
 
 log = logging.getLogger(__name__)
 
 MASK_EXTENSIONS = (".png", ".npy", ".bmp", ".jpg", ".jpeg")
-BINARY_THRESHOLD = 127  # 8-bit mask pixels above this are foreground
 MASK_LEVELS = 255  # the cache stores masks as 8-bit PNGs
 HASH_CHUNK_BYTES = 1 << 20
 _HEX_KEY = re.compile(r"[0-9a-f]{8,128}")
@@ -62,12 +62,17 @@ def _as_mask(array: np.ndarray, source: str) -> np.ndarray:
         # 0/1 label maps are as common as 0/255 images.
         if array.max() <= 1:
             return array.astype(np.float32)
-        return (array > BINARY_THRESHOLD).astype(np.float32)
+        return _binary(array)
     raise DataError(f"mask {source} has unsupported dtype {array.dtype}")
 
 
+def _binary(levels: np.ndarray) -> np.ndarray:
+    """8-bit levels -> 0/1 float32: foreground from :data:`~dapt_core.constants.MASK_THRESHOLD` of full scale."""
+    return (levels / float(MASK_LEVELS) >= MASK_THRESHOLD).astype(np.float32)
+
+
 def read_mask_file(path: Path) -> np.ndarray:
-    """Reads a mask file: an image (grayscale, > 127 is foreground) or a ``.npy`` array.
+    """Reads a mask file: an image (grayscale, 128 and up is foreground) or a ``.npy`` array.
 
     Returns:
         float32 (H, W) in [0, 1].
@@ -83,7 +88,7 @@ def read_mask_file(path: Path) -> np.ndarray:
             gray = np.asarray(img.convert("L"))
     except (OSError, UnidentifiedImageError) as err:
         raise DataError(f"cannot read mask {path}: {err}") from err
-    return (gray > BINARY_THRESHOLD).astype(np.float32)
+    return _binary(gray)
 
 
 class MaskFolder:

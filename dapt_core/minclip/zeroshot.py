@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from dapt_core.minclip.config import DEFAULT_EVAL_SEED
+from dapt_core.preprocess import normalize_pixels
 from dapt_core.world.shapes import OBJECT_CLASSES
 from dapt_core.world.textures import BACKGROUND_CLASSES
 from dapt_core.world.scenes import BACKGROUND_PHRASES, Scene, check_count, make_caption
@@ -28,7 +30,6 @@ OBJECT_PROMPT = "a photo of a {object}."
 BACKGROUND_PROMPT = "a photo of {background}."
 # Spawn key of the evaluation stream, apart from the pre-training stream and from make_task's streams.
 EVAL_STREAM = 201
-DEFAULT_EVAL_SEED = 2024  # not a pre-training seed: the evaluation scenes are never trained on
 
 
 @dataclass(frozen=True)
@@ -74,11 +75,8 @@ def balanced_scenes(n: int, seed: int, size: int) -> list[Scene]:
 
 
 def images_to_tensor(images: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """(B, H, W, 3) uint8 RGB -> (B, 3, H, W) float32, scaled to [0, 1] then normalised per channel."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
-    mean_t = torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1)
-    std_t = torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean_t) / std_t
+    """(B, H, W, 3) uint8 RGB scenes at the model's size -> (B, 3, H, W) model input (no resize needed)."""
+    return normalize_pixels(images, mean, std)
 
 
 @torch.no_grad()

@@ -154,12 +154,10 @@ def learner_context_fn(learner: PromptLearner, *, cam_method: str = "gradcam", s
     import torch
 
     from dapt_core.attention.cam import compute_cams
+    from dapt_core.preprocess import to_model_input
+    from dapt_core.segment.scoring import mask_scorer
 
     backbone = learner.backbone
-    size = backbone.image_size
-    mean = torch.tensor(backbone.mean, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(backbone.std, dtype=torch.float32).view(3, 1, 1)
-    mean_rgb = np.asarray(backbone.mean, dtype=np.float32) * 255.0
     cached: dict[str, torch.Tensor] = {}
 
     def text_features() -> torch.Tensor:
@@ -169,27 +167,12 @@ def learner_context_fn(learner: PromptLearner, *, cam_method: str = "gradcam", s
                 cached["text"] = learner.text_features()
         return cached["text"]
 
-    def prepare(images: list[np.ndarray]) -> torch.Tensor:
-        """(H, W, 3) float/uint8 RGB images -> (B, 3, S, S) normalised, on the backbone's device."""
-        batch = []
-        for image in images:
-            resized = cv2.resize(np.asarray(image, dtype=np.float32), (size, size), interpolation=cv2.INTER_CUBIC)
-            tensor = torch.from_numpy(np.clip(resized, 0.0, 255.0) / 255.0).permute(2, 0, 1)
-            batch.append((tensor - mean) / std)
-        return torch.stack(batch).to(backbone.device)
-
     def context(sample: Sample, image: np.ndarray) -> SegmentContext:
         height, width = image.shape[:2]
-        cam = compute_cams(learner, prepare([image]), [sample.label], method=cam_method,
-                           text_features=text_features())[0]
+        batch = to_model_input(image, backbone.image_size, backbone.mean, backbone.std)[None].to(backbone.device)
+        cam = compute_cams(learner, batch, [sample.label], method=cam_method, text_features=text_features())[0]
         cam = np.clip(cv2.resize(cam, (width, height), interpolation=cv2.INTER_LINEAR), 0.0, 1.0)
-
-        def score_masks(masks: list[np.ndarray]) -> list[float]:
-            views = [np.where(mask[..., None], image.astype(np.float32), mean_rgb) for mask in masks]
-            with backbone.lock, torch.no_grad(), backbone.autocast():
-                logits = learner(prepare(views), text_features())
-            return logits.float().softmax(dim=-1)[:, sample.label].cpu().tolist()
-
-        return SegmentContext(cam=cam, score_masks=score_masks if score else None)
+        scorer = mask_scorer(learner, text_features(), batch, sample.label) if score else None
+        return SegmentContext(cam=cam, score_masks=scorer)
 
     return context

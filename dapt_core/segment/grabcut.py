@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from dapt_core.constants import CAM_THRESHOLD, MASK_THRESHOLD
 from dapt_core.segment.cam_threshold import cam_candidate
 from dapt_core.segment.base import (
     Candidate,
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 class GrabCutConfig:
     """Settings of the GrabCut segmenter; thresholds are shares of the CAM's peak."""
 
-    foreground_threshold: float = 0.5  # CAM at or above: probable foreground (DAPT's binarisation level)
+    foreground_threshold: float = CAM_THRESHOLD  # CAM share of its peak at or above: probable foreground
     background_threshold: float = 0.1  # CAM below: sure background
     border_fraction: float = 0.02  # a band this share of the short side wide is sure background where CAM is low
     iterations: int = 5  # GrabCut EM iterations
@@ -108,7 +109,7 @@ class GrabCutSegmenter:
         foreground = np.isin(labels, (cv2.GC_PR_FGD, cv2.GC_FGD))
         if (work_h, work_w) != (height, width):
             soft = cv2.resize(foreground.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-            foreground = soft >= 0.5
+            foreground = soft >= MASK_THRESHOLD
         area = mask_area(foreground)
         if not self.config.min_area <= area <= self.config.max_area:
             return None, f"GrabCut gave a degenerate mask (area {area:.3f})"
