@@ -14,7 +14,6 @@ from dapt_core.cli import main
 from dapt_core.world import OBJECT_CLASSES
 from dapt_core.experiments.background_shift import (
     METHODS,
-    SUMMARY_FIELDS,
     BenchConfig,
     build_task,
     load_task,
@@ -22,6 +21,7 @@ from dapt_core.experiments.background_shift import (
     run_bench,
     train_method,
 )
+from dapt_core.experiments.background_shift_results import SUMMARY_FIELDS, merge_results
 from dapt_core.experiments.background_shift_report import FINDINGS_HEADING, train_prompt_sets, write_examples, write_report
 from dapt_core.train import predict
 
@@ -177,8 +177,6 @@ def test_bad_method_name_is_refused():
 
 
 def test_merge_results_of_per_seed_runs(tiny_backbone):
-    from dapt_core.experiments.background_shift import merge_results
-
     runs = [run_bench(BenchConfig(shots=(1,), seeds=(seed,), methods=("zero-shot",), **REDUCED),
                       backbone=tiny_backbone) for seed in (1, 2)]
     merged = merge_results(runs)

@@ -11,6 +11,11 @@ from "a photo of a" and never trained, which is zero-shot CLIP exactly.
 The task is exported to a temporary image folder and read back through the same loaders a user's data
 takes (`load_imagefolder`, `MaskFolder`); labels are mapped by class NAME, since `load_imagefolder`
 numbers folders in sorted order.
+
+This module holds the configuration, the tasks and the runs; the attention measurements are in
+:mod:`~dapt_core.experiments.background_shift_metrics`, the means over seeds, the summary line and the merging
+of per-seed runs in :mod:`~dapt_core.experiments.background_shift_results`, and what is written to disk in
+:mod:`~dapt_core.experiments.background_shift_report`.
 """
 
 from __future__ import annotations
@@ -19,36 +24,31 @@ import logging
 import math
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import cv2
 import numpy as np
-import torch
 
-from dapt_core.attention.metrics import binarize, mask_iou, object_share, pointing_game
 from dapt_core.backbones import Backbone, load_backbone
-from dapt_core.attention.cam import compute_cams
-from dapt_core.data.dataset import PromptDataset
 from dapt_core.data.folders import load_imagefolder
+from dapt_core.data.masks import MaskFolder
 from dapt_core.data.records import Sample
+from dapt_core.experiments.background_shift_metrics import attention_on_object, background_pseudo_label_accuracy
+from dapt_core.experiments.background_shift_results import aggregate
 from dapt_core.learners import build_learner
 from dapt_core.learners.base import PromptLearner
-from dapt_core.data.masks import MaskFolder
 from dapt_core.objective import DaptConfig
+from dapt_core.train import TrainConfig, predict, seed_everything, train_prompts
 from dapt_core.world.export import TASK_SPLITS, default_mask_root, export_task
+from dapt_core.world.scenes import DEFAULT_SCENE_CONFIG, Scene
 from dapt_core.world.shapes import OBJECT_CLASSES, PoseConfig
 from dapt_core.world.task import SpuriousTask, make_task
 from dapt_core.world.textures import BACKGROUND_CLASSES
-from dapt_core.world.scenes import DEFAULT_SCENE_CONFIG, Scene
-from dapt_core.train import TrainConfig, predict, seed_everything, train_prompts
 
 log = logging.getLogger(__name__)
 
 TEST_SPLITS = ("test_aligned", "test_balanced", "test_conflicting")
-# The fields of the command's last stdout line, per method (means over seeds).
-SUMMARY_FIELDS = ("aligned_acc", "balanced_acc", "conflicting_acc", "object_attention", "pointing_game")
 # The official release switches from the triplet term to the alignment terms at epoch 7 of 10; shorter runs
 # keep that proportion so the alignment terms are always reached.
 OFFICIAL_SWITCH_FRACTION = 0.7
@@ -219,67 +219,6 @@ def train_method(method: Method, backbone: Backbone, data: TaskData, cfg: BenchC
     return learner, history
 
 
-def _eval_batches(learner: PromptLearner, samples: list[Sample], batch_size: int):
-    """(indices, normalised evaluation views) in batches."""
-    backbone = learner.backbone
-    dataset = PromptDataset(samples, image_size=backbone.image_size, mean=backbone.mean, std=backbone.std,
-                            train=False)
-    for start in range(0, len(samples), batch_size):
-        idx = list(range(start, min(start + batch_size, len(samples))))
-        yield idx, torch.stack([dataset[i]["image"] for i in idx]).to(backbone.device)
-
-
-def attention_on_object(learner: PromptLearner, samples: list[Sample], masks: MaskFolder, *, method: str,
-                        batch_size: int = 32, cue_threshold: float | None = None) -> dict[str, float]:
-    """CAM of the TRUE class against the ground-truth object mask.
-
-    Returns:
-        ``object_attention``: mean share of CAM energy inside the mask, in [0, 1] (all-zero CAMs skipped);
-        ``pointing_game``: share of images whose CAM peak is on the object, in [0, 1];
-        ``cue_iou`` (with `cue_threshold`): mean IoU of the CAM binarised at that fraction of its peak (the
-        DAPT Grad-CAM cue) with the mask.
-    """
-    with learner.backbone.lock, torch.no_grad():
-        text_features = learner.text_features()
-    shares, hits, ious = [], [], []
-    for idx, images in _eval_batches(learner, samples, batch_size):
-        cams = compute_cams(learner, images, [samples[i].label for i in idx], method=method,
-                            text_features=text_features)
-        for i, cam in zip(idx, cams):
-            mask = masks.get(i, samples[i])
-            shares.append(object_share(cam, mask))
-            hits.append(pointing_game(cam, mask))
-            if cue_threshold is not None:
-                ious.append(mask_iou(binarize(_resize(cam, mask.shape), cue_threshold), mask))
-    result = {"object_attention": _nanmean(shares), "pointing_game": float(np.mean(hits))}
-    if cue_threshold is not None:
-        result["cue_iou"] = _nanmean(ious)
-    return result
-
-
-def background_pseudo_label_accuracy(learner: PromptLearner, samples: list[Sample], masks: MaskFolder,
-                                     scenes: list[Scene], dapt: DaptConfig, batch_size: int = 32) -> float:
-    """Share of background views (true mask removed) whose DAPT pseudo-label is their true background word.
-
-    This is how right the background-alignment term's targets are; words outside the vocabulary count as
-    wrong. Returns a value in [0, 1].
-    """
-    backbone = learner.backbone
-    dataset = PromptDataset(samples, image_size=backbone.image_size, mean=backbone.mean, std=backbone.std,
-                            train=False, masks=masks)
-    words = list(dapt.background_words)
-    hits = []
-    with backbone.lock, torch.no_grad():
-        bg_text = learner.prompt_text_features([dapt.background_template.format(w) for w in words])
-        for start in range(0, len(samples), batch_size):
-            items = [dataset[i] for i in range(start, min(start + batch_size, len(samples)))]
-            images = torch.stack([it["image"] for it in items]).to(backbone.device)
-            keep = torch.stack([it["mask"] for it in items]).to(backbone.device)
-            picks = (learner.encode_image(images * (1.0 - keep)) @ bg_text.t()).argmax(dim=1).tolist()
-            hits += [words[p] == scenes[it["index"]].background for p, it in zip(picks, items)]
-    return float(np.mean(hits))
-
-
 def evaluate_method(learner: PromptLearner, data: TaskData, cfg: BenchConfig) -> dict[str, float]:
     """Accuracies (percent) on the three test splits, the shortcut rate, attention and cue diagnostics."""
     result: dict[str, float] = {}
@@ -305,17 +244,6 @@ def _shortcut_rate(preds: np.ndarray, data: TaskData, split: str) -> float:
     owner = {bg: data.task.classnames.index(obj) for obj, bg in data.task.pairing.items()}
     pairs = [(p, owner[s.background]) for p, s in zip(preds, data.scenes[split]) if s.background in owner]
     return float(np.mean([p == o for p, o in pairs])) if pairs else math.nan
-
-
-def _resize(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    if cam.shape == shape:
-        return cam
-    return np.maximum(cv2.resize(cam.astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR), 0)
-
-
-def _nanmean(values: Sequence[float]) -> float:
-    finite = [v for v in values if not math.isnan(v)]
-    return float(np.mean(finite)) if finite else math.nan
 
 
 Reporter = Callable[[dict], None]
@@ -357,35 +285,6 @@ def run_task_methods(backbone: Backbone, cfg: BenchConfig, seed: int, shots: int
     return records
 
 
-def aggregate(records: list[dict]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
-    """Mean and sample standard deviation (ddof=1; 0 for one seed) over seeds.
-
-    Returns:
-        ``{shots: {method: {metric: {"mean", "std", "n"}}}}`` with shots as a string key.
-    """
-    grouped: dict[tuple[int, str], list[dict]] = {}
-    for r in records:
-        grouped.setdefault((r["shots"], r["method"]), []).append(r)
-    out: dict = {}
-    for (shots, method), runs in grouped.items():
-        metrics = [k for k, v in runs[0].items() if isinstance(v, float) and k not in ("seconds", "train_seconds")]
-        stats = {}
-        for k in metrics:
-            values = np.array([r[k] for r in runs], dtype=np.float64)
-            values = values[~np.isnan(values)]
-            std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-            stats[k] = {"mean": float(values.mean()) if len(values) else math.nan, "std": std, "n": len(values)}
-        out.setdefault(str(shots), {})[method] = stats
-    return out
-
-
-def summary_line(aggregated: dict, shots: int) -> dict[str, dict[str, float]]:
-    """The command's last stdout line: per method, the means of `SUMMARY_FIELDS` at one shot count; attention
-    fields as fractions in [0, 1], accuracies in percent."""
-    return {method: {k: round(stats[k]["mean"], 4) for k in SUMMARY_FIELDS}
-            for method, stats in aggregated[str(shots)].items()}
-
-
 def run_bench(cfg: BenchConfig, *, backbone: Backbone | None = None, report: Reporter | None = None,
               on_task_done: Reporter | None = None) -> dict:
     """Run every (shots, seed, method) of `cfg`: seed by seed, each over all shot counts, so a stopped run
@@ -398,7 +297,7 @@ def run_bench(cfg: BenchConfig, *, backbone: Backbone | None = None, report: Rep
 
     Returns:
         ``{"config", "settings", "runs", "summary", "tasks_done", "tasks_total", "seconds"}``; ``summary`` is
-        :func:`aggregate`'s output.
+        :func:`~dapt_core.experiments.background_shift_results.aggregate`'s output.
     """
     started = time.perf_counter()
     backbone = backbone or load_backbone(cfg.backbone, weights_path=cfg.weights, device=cfg.device)
@@ -426,37 +325,3 @@ def settings(cfg: BenchConfig, backbone: Backbone) -> dict:
         "task": {"n_classes": cfg.n_classes or len(OBJECT_CLASSES), "n_test_per_class": cfg.n_test},
         "attention": {"cam": cfg.cam_method, "target": "true class", "split": "test_conflicting"},
     }
-
-
-# Config fields that may differ between runs that are merged into one table.
-MERGEABLE_FIELDS = ("seeds", "device")
-
-
-def merge_results(results: Sequence[dict]) -> dict:
-    """Merge the results of runs that differ only in their seeds (e.g. one process per seed) into one.
-
-    Raises:
-        ValueError: the runs differ in another setting, or two runs hold the same (shots, seed, method).
-    """
-    if not results:
-        raise ValueError("merge_results: nothing to merge")
-    first = {k: v for k, v in results[0]["config"].items() if k not in MERGEABLE_FIELDS}
-    records, seen = [], set()
-    for i, result in enumerate(results):
-        other = {k: v for k, v in result["config"].items() if k not in MERGEABLE_FIELDS}
-        diff = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
-        if diff:
-            raise ValueError(f"results[{i}]: differs from results[0] in {diff}; only seeds may differ")
-        for r in result["runs"]:
-            key = (r["shots"], r["seed"], r["method"])
-            if key in seen:
-                raise ValueError(f"results[{i}]: (shots, seed, method) {key} appears twice")
-            seen.add(key)
-            records.append(r)
-    seeds = sorted({r["seed"] for r in records})
-    # a run stopped part-way still counts only the (shots, seed) tasks it finished
-    done = {(r["shots"], r["seed"]) for r in records}
-    return dict(results[0], config={**results[0]["config"], "seeds": seeds}, runs=records,
-                summary=aggregate(records), tasks_done=len(done),
-                tasks_total=len(results[0]["config"]["shots"]) * len(seeds),
-                seconds=round(sum(r["seconds"] for r in results), 1))
