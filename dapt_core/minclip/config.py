@@ -1,0 +1,42 @@
+"""The mini-CLIP's settings, importable without torch (the command line shows them as its defaults).
+
+:class:`PretrainConfig` is the pre-training recipe (:mod:`dapt_core.minclip.pretrain` runs it);
+:data:`DEFAULT_EVAL_SEED` seeds the scenes of the zero-shot evaluation (:mod:`dapt_core.minclip.zeroshot`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_EVAL_SEED = 2024  # not a pre-training seed: the evaluation scenes are never trained on
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """How the mini-CLIP is pre-trained; the defaults reproduce the bundled checkpoint."""
+
+    model_name: str = "synth-mini"  # open_clip model config (dapt_core/model_configs/)
+    steps: int = 3000  # optimiser steps
+    batch_size: int = 256  # image-caption pairs per step
+    lr: float = 2e-3  # peak learning rate of AdamW
+    min_lr_ratio: float = 0.02  # the cosine ends at lr * this
+    warmup_steps: int = 100  # linear warm-up from 0 to lr
+    weight_decay: float = 0.1  # AdamW decay of matrices (not of gains, biases or the temperature)
+    betas: tuple[float, float] = (0.9, 0.98)  # AdamW moments, as in CLIP
+    grad_clip: float = 1.0  # max global gradient norm
+    max_logit_scale: float = 100.0  # the learnable temperature's exp() is clamped here, as in CLIP
+    object_only_share: float = 0.2  # share of captions that name only the object (maybe with its colour)
+    background_only_share: float = 0.1  # share of captions that name only the background
+    group_size: int = 1  # scenes per look-alike group (same background and colour, distinct objects); 1 = none
+    distinct_captions: bool = True  # redraw a caption's template while its text is already in the batch
+    caption_redraws: int = 8  # at most this many redraws per caption
+    probe_head_weight: float = 1.0  # weight of the auxiliary linear object/background heads on the image tower; 0 = off
+    class_caption_weight: float = 1.0  # weight of the class-caption InfoNCE (every class's caption a candidate); 0 = off
+    positives: str = "own"  # "own": false negatives dropped; "all_true": every true caption is a positive
+    seed: int = 0  # seeds the weights' init and the data stream
+    threads: int = 2  # torch CPU threads (changes only floating-point rounding, not the data or the recipe)
+    eval_every: int = 100  # steps between quick zero-shot probes (0 = none)
+    eval_n: int = 330  # scenes in the quick probe
+    save_dtype: str = "float16"  # dtype of the stored floating-point tensors
+    precision: str = "bf16"  # "bf16": bf16 autocast for the towers (AMX on recent CPUs, tensor cores on GPUs); "fp32"
+    attention: str = "math"  # "math": plain matmul-softmax-matmul attention; "auto": PyTorch's pick (see pretrain.ATTENTION)
