@@ -116,7 +116,6 @@ class Backbone:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     weights_path: Path | None = None
-    extra: dict = field(default_factory=dict)  # free-form facts shown in the UI (e.g. the model card)
     # Forward hooks (Grad-CAM) see every forward through a module, whichever thread runs it; code that hooks
     # or runs the shared model holds this lock so two callers never see each other's activations.
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
@@ -173,7 +172,6 @@ class Backbone:
             "precision": "bf16 autocast" if self.device.type == "cuda" else "fp32",
             "image_size": self.image_size,
             "parameters_m": round(sum(p.numel() for p in self.model.parameters()) / 1e6, 2),
-            **self.extra,
         }
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from dapt_core.backbones import Backbone, load_backbone
+from dapt_core.constants import OFFICIAL_EPOCHS, OFFICIAL_SWITCH_EPOCH, ZERO_SHOT_CONTEXT
 from dapt_core.data.folders import load_imagefolder
 from dapt_core.data.masks import MaskFolder
 from dapt_core.data.records import Sample
@@ -51,8 +52,7 @@ log = logging.getLogger(__name__)
 TEST_SPLITS = ("test_aligned", "test_balanced", "test_conflicting")
 # The official release switches from the triplet term to the alignment terms at epoch 7 of 10; shorter runs
 # keep that proportion so the alignment terms are always reached.
-OFFICIAL_SWITCH_FRACTION = 0.7
-ZERO_SHOT_CONTEXT = "a photo of a"
+OFFICIAL_SWITCH_FRACTION = OFFICIAL_SWITCH_EPOCH / OFFICIAL_EPOCHS
 
 
 @dataclass(frozen=True)
