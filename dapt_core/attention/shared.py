@@ -27,7 +27,8 @@ from pytorch_grad_cam.utils.image import scale_cam_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from dapt_core.attention.cam import CAM_METHODS, PromptClassifier, default_target_layer, vit_reshape
+from dapt_core.attention.attribution import ATTENTION_METHODS, attention_set_cams
+from dapt_core.attention.cam import CAM_METHODS, GRADCAM_METHODS, PromptClassifier, default_target_layer, vit_reshape
 from dapt_core.learners.base import PromptLearner
 
 
@@ -140,6 +141,8 @@ def cams_from_forward(forward: ImageForward, learners: list[PromptLearner], text
         One :class:`SetCam` per set, in order.
     """
     check_method(method)
+    if method not in GRADCAM_METHODS:
+        raise ValueError(f"{method} is not a single-layer CAM; use prompt_set_cams, which runs it")
     refused = [learner.kind for learner in learners if not forward.serves(learner)]
     if refused:
         raise ValueError(f"this image forward ({forward.learner.kind}) does not serve {', '.join(refused)} "
@@ -150,7 +153,7 @@ def cams_from_forward(forward: ImageForward, learners: list[PromptLearner], text
         for learner, features, target in zip(learners, text_features, targets):
             logits = learner.logits(forward.image_features, features)[0]  # (C,)
             index = int(logits.argmax()) if target is None else int(target)
-            cam_object = CAM_METHODS[method](model=PromptClassifier(learner, features),
+            cam_object = GRADCAM_METHODS[method](model=PromptClassifier(learner, features),
                                              target_layers=[forward.layer], reshape_transform=reshape)
             # only the package's maths is wanted: no hook may stay on the shared model
             cam_object.activations_and_grads.release()
@@ -193,6 +196,10 @@ def prompt_set_cams(learners: list[PromptLearner], text_features: list[torch.Ten
         One :class:`SetCam` per set, in order, and the number of image forwards run.
     """
     check_method(method)
+    if method in ATTENTION_METHODS:  # LeGrad, relevance: every block's attention, not one layer's CAM
+        answers, forwards = attention_set_cams(learners, text_features, images, targets, method, share=share,
+                                               timings=timings)
+        return [SetCam(logits, target, cam) for logits, target, cam in answers], forwards
     found: list[SetCam | None] = [None] * len(learners)
     shared = [i for i, learner in enumerate(learners) if share and can_share_forward(learner)]
     groups = ([shared] if shared else []) + [[i] for i in range(len(learners)) if i not in shared]
