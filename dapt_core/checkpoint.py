@@ -1,7 +1,7 @@
 """Prompt checkpoints: one ``.safetensors`` file per prompt set, JSON metadata inside, written atomically.
 
-Official CoOp and MaPLe/DAPT checkpoints (Dassl ``.pth.tar``) are imported into this format; they are read
-with ``weights_only=True``, so no pickled code is ever run.
+Official CoOp and MaPLe/DAPT checkpoints (Dassl ``.pth.tar``) are imported into this format by
+:mod:`dapt_core.official`; nothing here unpickles anything.
 """
 
 from __future__ import annotations
@@ -160,55 +160,3 @@ def list_prompt_sets(folder: str | Path, backbone: Backbone | None = None) -> li
         found.append(info)
     return found
 
-
-# --- official checkpoints ---------------------------------------------------------------------------------
-
-OFFICIAL_PREFIX = "prompt_learner."
-DROPPED_OFFICIAL_KEYS = ("token_prefix", "token_suffix")  # frozen token embeddings, rebuilt here
-
-
-def import_official(src: str | Path, backbone: Backbone, classnames: list[str], out: str | Path, *,
-                    learner: str | None = None, ctx_init: str | None = None, dapt: DaptConfig | None = None,
-                    name: str | None = None) -> Path:
-    """Converts an official CoOp or MaPLe/DAPT Dassl checkpoint into a prompt set.
-
-    Args:
-        src: ``model.pth.tar-N`` from the official code (loaded with ``weights_only=True``).
-        classnames: the class list, in label order (the official files do not store it).
-        learner: ``coop`` or ``maple``; detected from the keys when None.
-        ctx_init: the prompt words the context replaced (MaPLe: "a photo of a" by default).
-        dapt: the DAPT settings it was trained with, when known (recorded in the metadata).
-    """
-    from dapt_core.weights import safe_torch_load
-
-    raw = safe_torch_load(src)
-    state = raw.get("state_dict", raw) if isinstance(raw, dict) else None
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{Path(src).name} holds no state_dict")
-    if any(k.startswith(OFFICIAL_PREFIX) for k in state):
-        # a whole CustomCLIP state dict: everything outside the prompt learner is the frozen CLIP
-        state = {k[len(OFFICIAL_PREFIX):]: v for k, v in state.items() if k.startswith(OFFICIAL_PREFIX)}
-    state = {k: v for k, v in state.items() if k not in DROPPED_OFFICIAL_KEYS}
-    if "ctx" not in state:
-        raise CheckpointError(f"{Path(src).name} has no prompt context 'ctx'; keys: {sorted(state)[:8]}")
-    kind = learner or ("maple" if any(k.startswith("compound_prompts_text") for k in state) else "coop")
-    ctx = state["ctx"]
-    if kind == "maple":
-        depth = 1 + sum(k.startswith("compound_prompts_text.") for k in state)
-        options = {"n_ctx": ctx.shape[0], "depth": depth, "ctx_init": ctx_init or "a photo of a"}
-    else:
-        options = {"n_ctx": ctx.shape[-2], "class_specific": ctx.dim() == 3}
-        if ctx_init:
-            options["ctx_init"] = ctx_init
-    if ctx.shape[-1] != backbone.text_width:
-        raise CheckpointError(f"{Path(src).name} has context width {ctx.shape[-1]}, the text width of "
-                              f"{backbone.name} is {backbone.text_width}")
-    model = build_learner(kind, backbone, classnames, **options)
-    expected = model.state_dict()
-    if set(state) != set(expected):
-        raise CheckpointError(f"{Path(src).name} does not look like an official {kind} checkpoint: "
-                              f"missing {sorted(set(expected) - set(state))}, "
-                              f"unexpected {sorted(set(state) - set(expected))}")
-    model.load_state_dict({k: v.to(backbone.device, expected[k].dtype) for k, v in state.items()})
-    train = {"imported_from": Path(src).name, "epoch": raw.get("epoch") if isinstance(raw, dict) else None}
-    return save_prompt_set(model, out, dapt=dapt, train_config=train, name=name)

@@ -5,7 +5,7 @@ import torch
 
 from dapt_core.backbones import load_backbone
 from dapt_core.checkpoint import (
-    CheckpointError, import_official, list_prompt_sets, load_prompt_set, read_info, save_prompt_set,
+    CheckpointError, list_prompt_sets, load_prompt_set, read_info, save_prompt_set,
 )
 from dapt_core.learners import build_learner
 from dapt_core.objective import DaptConfig
@@ -71,59 +71,6 @@ def test_tensors_that_do_not_fit_are_refused(tiny_backbone, tmp_path):
     save_file({"ctx": learner.ctx.detach()}, str(path), metadata={"dapt_core": json.dumps(meta)})
     with pytest.raises(CheckpointError, match="wrong shape"):
         load_prompt_set(path, tiny_backbone)
-
-
-def write_official(path, state, epoch=5):
-    """A checkpoint in the layout of Dassl's save_checkpoint (state dict, epoch, optimizer, scheduler)."""
-    params = [torch.nn.Parameter(v.clone()) for v in state.values()]
-    optimizer = torch.optim.SGD(params, lr=0.0035, momentum=0.9)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, 10)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"state_dict": state, "epoch": epoch, "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "val_result": None}, path)
-
-
-def test_import_official_coop(tiny_backbone, tmp_path):
-    ctx = torch.randn(16, tiny_backbone.text_width)
-    src = tmp_path / "prompt_learner" / "model.pth.tar-50"
-    write_official(src, {"ctx": ctx, "token_prefix": torch.randn(3, 1, 32), "token_suffix": torch.randn(3, 60, 32)},
-                   epoch=50)
-    out = import_official(src, tiny_backbone, CLASSES, tmp_path / "coop.safetensors")
-    learner = load_prompt_set(out, tiny_backbone)
-    assert learner.kind == "coop" and torch.equal(learner.ctx.detach(), ctx)
-    assert read_info(out).meta["train"]["epoch"] == 50
-
-
-def test_import_official_maple_dapt(tiny_backbone, tmp_path):
-    width, vis = tiny_backbone.text_width, tiny_backbone.vision_width
-    state = {
-        "prompt_learner.ctx": torch.randn(2, width),
-        "prompt_learner.proj.weight": torch.randn(vis, width), "prompt_learner.proj.bias": torch.randn(vis),
-        "prompt_learner.compound_prompts_text.0": torch.randn(2, width),
-        "prompt_learner.compound_prompt_projections.0.weight": torch.randn(vis, width),
-        "prompt_learner.compound_prompt_projections.0.bias": torch.randn(vis),
-        "prompt_learner.token_prefix": torch.randn(3, 1, width),
-        "prompt_learner.token_suffix": torch.randn(3, 74, width),
-        "image_encoder.proj": torch.randn(vis, 32),  # frozen CLIP weights saved beside the prompts
-    }
-    src = tmp_path / "MultiModalPromptLearner" / "model.pth.tar-5"
-    write_official(src, state)
-    out = import_official(src, tiny_backbone, CLASSES, tmp_path / "dapt.safetensors", dapt=DaptConfig(cue="mask"))
-    learner = load_prompt_set(out, tiny_backbone)
-    assert learner.kind == "maple" and learner.cfg.depth == 2
-    assert torch.equal(learner.compound_prompts_text[0].detach(), state["prompt_learner.compound_prompts_text.0"])
-    assert read_info(out).label == "MaPLe + DAPT (mask)"
-
-
-def test_import_refuses_pickled_objects_and_wrong_width(tiny_backbone, tmp_path):
-    src = tmp_path / "evil.pth.tar"
-    torch.save({"state_dict": {"ctx": torch.zeros(4, 32)}, "hook": threading.Lock}, src)
-    with pytest.raises(ValueError):
-        import_official(src, tiny_backbone, CLASSES, tmp_path / "x.safetensors")
-    write_official(src, {"ctx": torch.zeros(4, 512)})
-    with pytest.raises(CheckpointError, match="width 512"):
-        import_official(src, tiny_backbone, CLASSES, tmp_path / "x.safetensors")
-    assert not (tmp_path / "x.safetensors").exists()
 
 
 def test_resume_after_interruption_matches_an_uninterrupted_run(tiny_backbone, tmp_path):
