@@ -18,7 +18,8 @@ from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from dapt_core.minclip.pretrain import ATTENTION, PretrainConfig, pretrain
+from dapt_core.minclip.config import PretrainConfig
+from dapt_core.minclip.pretrain import ATTENTION, pretrain
 
 
 def main() -> None:

@@ -14,18 +14,10 @@ import argparse
 
 from dapt_core import cli_synth
 from dapt_core.world import BACKGROUND_CLASSES, OBJECT_CLASSES
-from dapt_core.minclip.pretrain import (
-    PairBatch,
-    PretrainConfig,
-    class_caption_loss,
-    class_captions,
-    clip_loss,
-    lr_at,
-    pretrain,
-    sample_batch,
-    template_facts,
-    true_of,
-)
+from dapt_core.minclip.captions import PairBatch, class_captions, sample_batch, template_facts, true_of
+from dapt_core.minclip.config import PretrainConfig
+from dapt_core.minclip.losses import class_caption_loss, clip_loss
+from dapt_core.minclip.pretrain import lr_at, pretrain
 from dapt_core.minclip.zeroshot import balanced_scenes, background_prompts, evaluate_backbone, object_prompts
 
 def run_cli(argv: list[str]) -> int:
