@@ -16,7 +16,7 @@ from dapt_core import cli_synth
 from dapt_core.world import BACKGROUND_CLASSES, OBJECT_CLASSES
 from dapt_core.minclip.captions import PairBatch, class_captions, sample_batch, template_facts, true_of
 from dapt_core.minclip.config import PretrainConfig
-from dapt_core.minclip.losses import class_caption_loss, clip_loss
+from dapt_core.minclip.losses import class_caption_loss, clip_loss, probe_head_loss
 from dapt_core.minclip.pretrain import lr_at, pretrain
 from dapt_core.minclip.zeroshot import balanced_scenes, background_prompts, evaluate_backbone, object_prompts
 
@@ -65,6 +65,21 @@ def test_class_caption_loss_is_cross_entropy_over_class_captions():
     assert loss.item() == pytest.approx(math.log(1 + math.exp(-10.0)), abs=1e-6)
     wrong = class_caption_loss(images, classes, torch.tensor(10.0), torch.tensor([1, 0]))
     assert wrong.item() == pytest.approx(10.0 + math.log(1 + math.exp(-10.0)), rel=1e-4)
+
+
+def test_probe_head_loss_is_the_mean_of_the_two_head_cross_entropies():
+    heads = torch.nn.ModuleDict({"object": torch.nn.Linear(2, 3, bias=False),
+                                 "background": torch.nn.Linear(2, 2, bias=False)})
+    with torch.no_grad():
+        heads["object"].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]))
+        heads["background"].weight.copy_(torch.tensor([[2.0, 0.0], [0.0, 0.0]]))
+    image_out = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.bfloat16)  # as the towers give it under bf16
+    # object logits [1, 0, 0] (label 0) and [0, 1, 0] (label 2); background logits [2, 0] (1) and [0, 0] (0)
+    objects_ce = (math.log(math.e + 2) - 1 + math.log(math.e + 2)) / 2
+    backgrounds_ce = (math.log(math.e ** 2 + 1) + math.log(2)) / 2
+    loss = probe_head_loss(heads, image_out, torch.tensor([0, 2]), torch.tensor([1, 0]))
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(0.5 * (objects_ce + backgrounds_ce), rel=1e-6)
 
 
 def test_true_of_reads_stated_facts_only():
