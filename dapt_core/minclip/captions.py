@@ -19,7 +19,7 @@ import torch
 from dapt_core.minclip.config import PretrainConfig
 from dapt_core.world.scenes import CAPTION_TEMPLATES, make_caption, render_scene
 from dapt_core.world.shapes import OBJECT_CLASSES
-from dapt_core.world.task import _cycled
+from dapt_core.world.task import cycled
 from dapt_core.world.textures import BACKGROUND_CLASSES
 
 # Captions that state one fact only; the evaluation prompts are among them.
@@ -67,13 +67,13 @@ def sample_batch(rng: np.random.Generator, n: int, size: int, cfg: PretrainConfi
     """
     group = min(cfg.group_size, len(OBJECT_CLASSES))
     n_groups = -(-n // group)
-    backgrounds = _cycled(rng, BACKGROUND_CLASSES, n_groups)
+    backgrounds = cycled(rng, BACKGROUND_CLASSES, n_groups)
     kinds = rng.random(n)
     images, captions, facts, stated = [], [], [], []
     seen: set[str] = set()
     for g, bg in enumerate(backgrounds):
         colour = None
-        for obj in _cycled(rng, OBJECT_CLASSES, group)[:n - g * group]:
+        for obj in cycled(rng, OBJECT_CLASSES, group)[:n - g * group]:
             scene = render_scene(obj, bg, size, rng, colour=colour)
             colour = scene.colour
             u = kinds[len(images)]

@@ -21,7 +21,7 @@ from dapt_core.preprocess import normalize_pixels
 from dapt_core.world.shapes import OBJECT_CLASSES
 from dapt_core.world.textures import BACKGROUND_CLASSES
 from dapt_core.world.scenes import BACKGROUND_PHRASES, Scene, check_count, make_caption
-from dapt_core.world.task import _cycled
+from dapt_core.world.task import cycled
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +69,8 @@ def balanced_scenes(n: int, seed: int, size: int) -> list[Scene]:
 
     n = check_count(n, "n", 1)
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(EVAL_STREAM,)))
-    objects = _cycled(rng, OBJECT_CLASSES, n)
-    backgrounds = _cycled(rng, BACKGROUND_CLASSES, n)
+    objects = cycled(rng, OBJECT_CLASSES, n)
+    backgrounds = cycled(rng, BACKGROUND_CLASSES, n)
     return [render_scene(obj, bg, size, rng) for obj, bg in zip(objects, backgrounds)]
 
 

@@ -71,7 +71,7 @@ def _stream(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_STREAMS[name],)))
 
 
-def _cycled(rng: np.random.Generator, options: Sequence[str], n: int) -> list[str]:
+def cycled(rng: np.random.Generator, options: Sequence[str], n: int) -> list[str]:
     """`n` picks from `options`, made of back-to-back shuffles so that counts differ by at most one."""
     rounds = -(-n // len(options))
     order = np.concatenate([rng.permutation(len(options)) for _ in range(rounds)]) if rounds else []
@@ -99,7 +99,7 @@ def spurious_pairing(
     seed = _check_seed(seed)
     objects = check_names(objects, OBJECT_CLASSES, check_object, "objects")
     backgrounds = check_names(backgrounds, BACKGROUND_CLASSES, check_background, "backgrounds")
-    picks = _cycled(_stream(seed, "pairing"), backgrounds, len(objects))
+    picks = cycled(_stream(seed, "pairing"), backgrounds, len(objects))
     return dict(zip(objects, picks))
 
 
@@ -149,10 +149,10 @@ def make_task(
         return [pairing[obj]] * count
 
     def conflicting(rng: np.random.Generator, obj: str, count: int) -> list[str]:
-        return _cycled(rng, [bg for bg in backgrounds if bg != pairing[obj]], count)
+        return cycled(rng, [bg for bg in backgrounds if bg != pairing[obj]], count)
 
     def balanced(rng: np.random.Generator, obj: str, count: int) -> list[str]:
-        return _cycled(rng, backgrounds, count)
+        return cycled(rng, backgrounds, count)
 
     return SpuriousTask(
         classnames=objects,
