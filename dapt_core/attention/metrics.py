@@ -79,6 +79,35 @@ def pointing_game(cam: np.ndarray, mask: np.ndarray, *, tolerance_px: int = 0) -
     return bool(region[row, col])
 
 
+def top_k_intersection(cam: np.ndarray, mask: np.ndarray, k: int | None = None) -> float:
+    """Share of the CAM's ``k`` highest pixels that lie on the object (Theiner et al. 2021's top-k intersection).
+
+    Pixels are ranked by CAM value, highest first; ties keep row-major order (a stable sort).
+
+    Args:
+        cam: (h, w) non-negative finite floats; resized bilinearly to ``mask``'s shape if it differs.
+        mask: (H, W) bool, or floats in [0, 1] binarised at :data:`MASK_THRESHOLD`.
+        k: how many pixels to take, 1 <= k <= H * W; None = the object's own area (then the score is also
+            the share of the object that the CAM's top pixels cover).
+
+    Returns:
+        A float in [0, 1]; NaN for an empty mask when ``k`` is None.
+
+    Raises:
+        ValueError: bad maps as in :func:`object_share`, or ``k`` out of range.
+    """
+    region = as_mask(mask, "mask") >= MASK_THRESHOLD
+    energy = _cam_in_mask_space(cam, region.shape)
+    if k is None:
+        k = int(np.count_nonzero(region))
+        if k == 0:
+            return float("nan")
+    if not 1 <= k <= region.size:
+        raise ValueError(f"k must lie in [1, {region.size}] (the mask's pixels), got {k}")
+    top = np.argsort(-energy.ravel(), kind="stable")[:k]
+    return float(np.count_nonzero(region.ravel()[top])) / k
+
+
 def binarize(cam: np.ndarray, threshold: float = DEFAULT_BINARIZE_THRESHOLD) -> np.ndarray:
     """Turn a CAM into a mask: divide by its max and keep what reaches ``threshold``.
 
