@@ -2,27 +2,42 @@
 
 The losses are pure functions of tensors; :func:`loss_weights` is the schedule that weighs them, and
 :func:`dapt_losses` puts them together for one batch of any prompt learner.
+
+How the background prompts are built depends on the learner, as in the official code:
+
+- **MaPLe** (the official DAPT): the hand-written text ``"a clean origami {word}."`` is embedded as it is
+  at the input, with no learned context there; from layer 1 on, MaPLe's deep text prompts overwrite
+  positions 1..n_ctx, exactly as for the class prompts. The background view's image features are not
+  detached (:attr:`DaptConfig.detach_background_view` is False), so the background term also trains the
+  visual prompts, and through the deep text prompts the text side.
+- **CoOp** (no official DAPT exists): a plain-text prompt would be frozen CLIP and the background term could
+  move nothing, so the background prompts keep the learned context: ``[SOS][ctx] {word}.[EOS]``
+  (:attr:`DaptConfig.context_background_template`); a class-specific context is averaged over classes.
+
+The background vocabulary is all 32 words the official code appends (its slice fault let only the last 25
+reach the loss and the first seven into the class logits; see :mod:`dapt_core.backgrounds`). Background
+prompts never enter the class logits.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
+from dapt_core.backgrounds import OFFICIAL_BACKGROUNDS, check_background_words
+from dapt_core.constants import OFFICIAL_EPOCHS, OFFICIAL_SWITCH_EPOCH
 from dapt_core.learners.base import PromptLearner
 
-# The background vocabulary of the official release (METHOD.md), and its extra words for food data sets.
-OFFICIAL_BACKGROUNDS: tuple[str, ...] = (
-    "ground", "land", "grass", "tree", "building", "wall", "sky", "lake", "water", "river", "sea", "railway",
-    "railroad", "keyboard", "helmet", "cloud", "house", "mountain", "ocean", "road", "rock", "street",
-    "valley", "bridge", "sign",
-)
-FOOD_BACKGROUNDS: tuple[str, ...] = ("table", "forks", "tablecloth", "hands", "spoon", "glasses", "dishes")
+log = logging.getLogger(__name__)
 
 CUES = ("off", "gradcam", "mask")
-SCHEDULES = ("official", "joint")
+# official: the release's epoch switch as it is (epoch >= switch_epoch), whatever the run's length;
+# scaled: that switch compressed to the run's length; joint: every term at every epoch.
+SCHEDULES = ("official", "scaled", "joint")
+TERMS = ("triplet", "foreground", "background")
 
 
 @dataclass
@@ -32,38 +47,105 @@ class DaptConfig:
     foreground_weight: float = 0.1  # foreground view aligned with the class text
     background_weight: float = 0.5  # background view aligned with the background vocabulary
     margin: float = 1.5  # triplet margin on L2-normalised embeddings
-    schedule: str = "official"  # official: triplet first, then the alignment terms; joint: all at once
-    switch_epoch: int = 7  # official schedule: epochs < switch_epoch use the triplet, later ones fg + bg
+    schedule: str = "official"  # one of SCHEDULES (see run_switch_epoch)
+    switch_epoch: int = OFFICIAL_SWITCH_EPOCH  # official schedule: epochs < this use the triplet, later fg + bg
     background_words: tuple[str, ...] = field(default=OFFICIAL_BACKGROUNDS)  # background class vocabulary
-    background_template: str = "a clean origami {}."  # text after the learned context for background words
+    background_template: str = "a clean origami {}."  # plain-text background prompt (MaPLe, official)
+    context_background_template: str = "{}."  # text after the learned context (CoOp's background prompts)
+    detach_background_view: bool = False  # True: the background term cannot train the image side (official: False)
     cam_threshold: float = 0.5  # Grad-CAM cue: a pixel is foreground where CAM / max(CAM) >= this
 
     def __post_init__(self) -> None:
+        """Checks every field; a bad value raises ValueError naming it, before anything heavy loads."""
         if self.cue not in CUES:
             raise ValueError(f"unknown DAPT cue {self.cue!r}; choose from {', '.join(CUES)}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"unknown DAPT schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}")
-        if not self.background_words:
-            raise ValueError("the background vocabulary is empty")
-        self.background_words = tuple(self.background_words)
+        for name in ("triplet_weight", "foreground_weight", "background_weight"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and value >= 0):
+                raise ValueError(f"DAPT {name} must be a number >= 0, got {value!r}")
+        if not self.margin > 0:
+            raise ValueError(f"DAPT margin must be > 0, got {self.margin!r}")
+        if isinstance(self.switch_epoch, bool) or not isinstance(self.switch_epoch, int) or self.switch_epoch < 0:
+            raise ValueError(f"DAPT switch_epoch must be an integer >= 0, got {self.switch_epoch!r}")
+        if not 0.0 < self.cam_threshold <= 1.0:
+            raise ValueError(f"DAPT cam_threshold must lie in (0, 1], got {self.cam_threshold!r}")
+        for name in ("background_template", "context_background_template"):
+            template = getattr(self, name)
+            if not isinstance(template, str) or template.count("{}") != 1 or "{" in template.replace("{}", ""):
+                raise ValueError(f"DAPT {name} must hold exactly one '{{}}' for the word, got {template!r}")
+        self.background_words = check_background_words(self.background_words)
 
     @property
     def enabled(self) -> bool:
         return self.cue != "off"
 
 
-def loss_weights(epoch: int, cfg: DaptConfig) -> dict[str, float]:
-    """Weights of the three regularisers at a given (0-based) epoch."""
-    if not cfg.enabled:
-        return {"triplet": 0.0, "foreground": 0.0, "background": 0.0}
-    if cfg.schedule == "joint":
-        return {"triplet": cfg.triplet_weight, "foreground": cfg.foreground_weight,
-                "background": cfg.background_weight}
-    early = epoch < cfg.switch_epoch
-    return {"triplet": cfg.triplet_weight if early else 0.0,
-            "foreground": 0.0 if early else cfg.foreground_weight,
-            "background": 0.0 if early else cfg.background_weight}
+# --- the schedule ------------------------------------------------------------------------------------------
 
+def scaled_switch_epoch(epochs: int) -> int:
+    """The official switch (epoch 7 of 10) compressed to a run of ``epochs``: ``round(0.7 * epochs)``, kept
+    within [1, epochs - 1] so that both phases get an epoch (a 1-epoch run has only the alignment phase)."""
+    if epochs < 1:
+        raise ValueError(f"a run needs at least one epoch, got {epochs}")
+    return min(epochs - 1, max(1, round(epochs * OFFICIAL_SWITCH_EPOCH / OFFICIAL_EPOCHS)))
+
+
+def run_switch_epoch(cfg: DaptConfig, epochs: int | None) -> int | None:
+    """First (0-based) epoch of the alignment phase in a run of ``epochs`` epochs; None for ``joint``.
+
+    ``official`` keeps ``cfg.switch_epoch`` whatever the run's length (the official 5-epoch base-to-novel run
+    never reaches epoch 7, so there it only ever uses the triplet term); ``scaled`` uses
+    :func:`scaled_switch_epoch` and needs ``epochs``.
+    """
+    if cfg.schedule == "joint":
+        return None
+    if cfg.schedule == "official":
+        return cfg.switch_epoch
+    if epochs is None:
+        raise ValueError("the scaled DAPT schedule needs the run's number of epochs")
+    return scaled_switch_epoch(epochs)
+
+
+def _configured_weights(cfg: DaptConfig) -> dict[str, float]:
+    return {"triplet": cfg.triplet_weight, "foreground": cfg.foreground_weight,
+            "background": cfg.background_weight}
+
+
+def loss_weights(epoch: int, cfg: DaptConfig, epochs: int | None = None) -> dict[str, float]:
+    """Weights of the three regularisers at a given (0-based) epoch of a run of ``epochs`` epochs."""
+    if not cfg.enabled:
+        return {term: 0.0 for term in TERMS}
+    full = _configured_weights(cfg)
+    switch = run_switch_epoch(cfg, epochs)
+    if switch is None:
+        return full
+    early = epoch < switch
+    return {"triplet": full["triplet"] if early else 0.0,
+            "foreground": 0.0 if early else full["foreground"],
+            "background": 0.0 if early else full["background"]}
+
+
+def unreached_terms(cfg: DaptConfig, epochs: int) -> list[str]:
+    """Terms with a weight > 0 that the schedule gives weight 0 at every epoch of a run of ``epochs``."""
+    if not cfg.enabled:
+        return []
+    configured = _configured_weights(cfg)
+    reached = {term for e in range(epochs) for term, w in loss_weights(e, cfg, epochs).items() if w > 0}
+    return [term for term in TERMS if configured[term] > 0 and term not in reached]
+
+
+def warn_unreached_terms(cfg: DaptConfig, epochs: int) -> list[str]:
+    """Logs a warning when the run's schedule never uses a term (reproduced faithfully, not hidden)."""
+    missing = unreached_terms(cfg, epochs)
+    if missing:
+        log.warning("DAPT schedule %r (alignment from epoch %s) over %d epoch(s) never uses the %s term(s)",
+                    cfg.schedule, run_switch_epoch(cfg, epochs), epochs, ", ".join(missing))
+    return missing
+
+
+# --- the losses --------------------------------------------------------------------------------------------
 
 def decouple(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Foreground and background views of normalised images.
@@ -95,12 +177,15 @@ def background_alignment_loss(bg_features: torch.Tensor, bg_text_features: torch
                               logit_scale: torch.Tensor | float) -> torch.Tensor:
     """Cross-entropy of the background view against its most similar background word (a pseudo-label).
 
+    Gradients reach both inputs (the official code detaches neither); detach ``bg_features`` before the
+    call to keep the term off the image side.
+
     Args:
-        bg_features: (B, E) normalised features of the background views (detached here).
+        bg_features: (B, E) normalised features of the background views.
         bg_text_features: (K, E) normalised features of the background prompts.
         logit_scale: CLIP's temperature.
     """
-    logits = logit_scale * bg_features.detach() @ bg_text_features.t()
+    logits = logit_scale * bg_features @ bg_text_features.t()
     return F.cross_entropy(logits, logits.detach().argmax(dim=1))
 
 
@@ -111,19 +196,37 @@ def pull_push_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch
     return F.triplet_margin_loss(anchor, positive.detach(), negative.detach(), margin=margin)
 
 
+def background_prompts(learner: PromptLearner, cfg: DaptConfig) -> list[str]:
+    """The background prompt texts as the learner encodes them: the whole plain text for MaPLe
+    (``"a clean origami ground."``), the text after the learned context for CoOp (``"ground."``)."""
+    template = cfg.context_background_template if learner.background_in_context else cfg.background_template
+    return [template.format(word) for word in cfg.background_words]
+
+
+def background_text_features(learner: PromptLearner, cfg: DaptConfig) -> torch.Tensor:
+    """(K, E) normalised features of the K background prompts, built as the module docstring says."""
+    prompts = background_prompts(learner, cfg)
+    if learner.background_in_context:
+        return learner.prompt_text_features(prompts)
+    return learner.plain_prompt_features(prompts)
+
+
 def dapt_losses(learner: PromptLearner, images: torch.Tensor, masks: torch.Tensor | None, labels: torch.Tensor,
-                epoch: int, cfg: DaptConfig) -> dict[str, torch.Tensor]:
+                epoch: int, cfg: DaptConfig, epochs: int | None = None) -> dict[str, torch.Tensor]:
     """All loss terms of one batch; ``total`` is what to back-propagate.
 
     The full image and (when DAPT is on) its foreground and background views go through the image encoder
-    in ONE batched call. Background prompts are encoded on their own, so they never enter the class logits.
+    in ONE batched call (the official code makes three). Background prompts are encoded on their own, so
+    they never enter the class logits.
 
     Args:
         images: (B, 3, H, W) normalised images.
         masks: (B, 1, H, W) foreground masks in [0, 1]; ignored when DAPT is off.
         labels: (B,) class indices.
+        epoch: the (0-based) epoch, for the schedule.
+        epochs: the run's number of epochs (needed by the ``scaled`` schedule).
     """
-    weights = loss_weights(epoch, cfg)
+    weights = loss_weights(epoch, cfg, epochs)
     active = {k: w for k, w in weights.items() if w > 0}
     batch = images.shape[0]
     if active:
@@ -142,7 +245,7 @@ def dapt_losses(learner: PromptLearner, images: torch.Tensor, masks: torch.Tenso
     if "foreground" in active:
         terms["foreground"] = foreground_alignment_loss(fg_features, text_features, labels, scale)
     if "background" in active:
-        prompts = [cfg.background_template.format(w) for w in cfg.background_words]
-        terms["background"] = background_alignment_loss(bg_features, learner.prompt_text_features(prompts), scale)
+        view = bg_features.detach() if cfg.detach_background_view else bg_features
+        terms["background"] = background_alignment_loss(view, background_text_features(learner, cfg), scale)
     terms["total"] = terms["ce"] + sum(active[k] * terms[k] for k in active)
     return terms

@@ -18,7 +18,7 @@ from dapt_core.data.folders import few_shot, load_imagefolder
 from dapt_core.data.records import Sample
 from dapt_core.learners import build_learner, list_learners
 from dapt_core.data.masks import MaskFolder
-from dapt_core.objective import CUES, DaptConfig
+from dapt_core.objective import CUES, DaptConfig, scaled_switch_epoch
 from dapt_core.train import StepReport, TrainConfig, config_dict, evaluate, train_prompts
 
 log = logging.getLogger(__name__)
@@ -28,9 +28,6 @@ SYNTH_IMAGE_SIZE = 64  # side of the synthetic scenes (images are resized to the
 SYNTH_TEST_SPLITS = ("test_aligned", "test_conflicting", "test_balanced")
 MAX_SHOTS = 64
 MAX_EPOCHS = 50
-# The official schedule switches from the triplet to the alignment terms after 7 of 10 epochs; short app runs
-# keep that proportion.
-OFFICIAL_SWITCH_FRACTION = DaptConfig().switch_epoch / TrainConfig().epochs
 
 
 @dataclass
@@ -82,8 +79,7 @@ def dapt_config(cue: str, epochs: int) -> DaptConfig:
     (each phase at least one epoch), or both phases at once when there is a single epoch."""
     if epochs < 2:
         return DaptConfig(cue=cue, schedule="joint")
-    switch = min(epochs - 1, max(1, round(epochs * OFFICIAL_SWITCH_FRACTION)))
-    return DaptConfig(cue=cue, switch_epoch=switch)
+    return DaptConfig(cue=cue, switch_epoch=scaled_switch_epoch(epochs))
 
 
 def _synthetic_data(req: TrainRequest, workdir: Path):

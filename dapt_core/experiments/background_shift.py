@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from dapt_core.backbones import Backbone, load_backbone
-from dapt_core.constants import OFFICIAL_EPOCHS, OFFICIAL_SWITCH_EPOCH, ZERO_SHOT_CONTEXT
+from dapt_core.constants import ZERO_SHOT_CONTEXT
 from dapt_core.data.folders import load_imagefolder
 from dapt_core.data.masks import MaskFolder
 from dapt_core.data.records import Sample
@@ -39,7 +39,7 @@ from dapt_core.experiments.background_shift_metrics import attention_on_object, 
 from dapt_core.experiments.background_shift_results import aggregate
 from dapt_core.learners import build_learner
 from dapt_core.learners.base import PromptLearner
-from dapt_core.objective import DaptConfig
+from dapt_core.objective import DaptConfig, scaled_switch_epoch
 from dapt_core.train import TrainConfig, predict, seed_everything, train_prompts
 from dapt_core.world.export import TASK_SPLITS, default_mask_root, export_task
 from dapt_core.world.scenes import DEFAULT_SCENE_CONFIG, Scene
@@ -50,9 +50,6 @@ from dapt_core.world.textures import BACKGROUND_CLASSES
 log = logging.getLogger(__name__)
 
 TEST_SPLITS = ("test_aligned", "test_balanced", "test_conflicting")
-# The official release switches from the triplet term to the alignment terms at epoch 7 of 10; shorter runs
-# keep that proportion so the alignment terms are always reached.
-OFFICIAL_SWITCH_FRACTION = OFFICIAL_SWITCH_EPOCH / OFFICIAL_EPOCHS
 
 
 @dataclass(frozen=True)
@@ -131,7 +128,7 @@ class BenchConfig:
     def effective_switch_epoch(self) -> int:
         if self.switch_epoch is not None:
             return self.switch_epoch
-        return min(self.epochs - 1, max(1, round(OFFICIAL_SWITCH_FRACTION * self.epochs)))
+        return scaled_switch_epoch(self.epochs)  # the official 7-of-10 switch kept in proportion
 
     def dapt(self, cue: str) -> DaptConfig:
         return DaptConfig(cue=cue, schedule=self.schedule, switch_epoch=self.effective_switch_epoch)

@@ -20,7 +20,7 @@ from dapt_core.data.dataset import PromptDataset
 from dapt_core.data.masks import MaskFolder
 from dapt_core.data.records import Sample
 from dapt_core.learners.base import PromptLearner
-from dapt_core.objective import DaptConfig
+from dapt_core.objective import DaptConfig, background_text_features
 from dapt_core.world.scenes import Scene
 
 
@@ -76,7 +76,7 @@ def background_pseudo_label_accuracy(learner: PromptLearner, samples: list[Sampl
     words = list(dapt.background_words)
     hits = []
     with backbone.lock, torch.no_grad():
-        bg_text = learner.prompt_text_features([dapt.background_template.format(w) for w in words])
+        bg_text = background_text_features(learner, dapt)
         for start in range(0, len(samples), batch_size):
             items = [dataset[i] for i in range(start, min(start + batch_size, len(samples)))]
             images = torch.stack([it["image"] for it in items]).to(backbone.device)

@@ -45,6 +45,9 @@ class PromptLearner(nn.Module):
 
     kind: ClassVar[str] = ""
     n_visual_prompts: int = 0  # extra tokens appended to the image token sequence (MaPLe)
+    # How DAPT's background prompts are encoded: True = behind the learned context, like the class prompts
+    # (:meth:`prompt_text_features`); False = as plain text at the input (:meth:`plain_prompt_features`).
+    background_in_context: ClassVar[bool] = True
 
     def __init__(self, backbone: Backbone, classnames: list[str], n_ctx: int, prefix: str) -> None:
         super().__init__()
@@ -97,9 +100,32 @@ class PromptLearner(nn.Module):
         raise NotImplementedError
 
     def prompt_text_features(self, suffixes: list[str]) -> torch.Tensor:
-        """(K, E) normalised features of extra prompts sharing the learned context (DAPT's background
-        prompts); they never enter the class logits."""
+        """(K, E) normalised features of extra prompts behind the learned context, ``[SOS][ctx] suffix``
+        (CoOp's DAPT background prompts); they never enter the class logits."""
         raise NotImplementedError
+
+    def plain_prompt_features(self, texts: list[str]) -> torch.Tensor:
+        """(K, E) normalised features of plain-text prompts: the texts' own token embeddings at the input, no
+        learned context there; deep text prompts (MaPLe), where the learner has them, overwrite positions
+        1..n_ctx from layer 1 on as for the class prompts. This is how the official DAPT builds its
+        background prompts.
+
+        Raises:
+            PromptError: a text too long for the text encoder, or shorter than the n_ctx positions the deep
+                prompts overwrite (they would overwrite its end-of-text token).
+        """
+        tokens = self.backbone.tokenize(list(texts))
+        lengths = (tokens != 0).sum(dim=1) - 2  # words' tokens without start/end
+        for text, row, n in zip(texts, tokens, lengths.tolist()):
+            if row[-1] != 0:
+                raise PromptError(f"prompt too long for the text encoder: {text!r}")
+            if self.deep_text_prompts() and n < self.n_ctx:
+                raise PromptError(f"plain prompt {text!r} has {n} token(s); the deep prompts overwrite "
+                                  f"{self.n_ctx}")
+        with torch.no_grad():
+            embeddings = self.backbone.model.token_embedding(tokens)
+        return normalize(encode_text_embeddings(self.backbone.model, embeddings, tokens,
+                                                self.deep_text_prompts(), self.n_ctx))
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """(B, E) normalised image features of (B, 3, H, W) normalised images."""

@@ -23,7 +23,8 @@ class CoOp(PromptLearner):
     """CoOp prompts ``[SOS][ctx_1..ctx_M][class tokens][.][EOS]`` through the frozen text encoder.
 
     With ``ctx_init="a photo of a"`` and no training, the logits equal zero-shot CLIP's for
-    "a photo of a {class}.".
+    "a photo of a {class}.". Under DAPT its background prompts keep the learned context,
+    ``[SOS][ctx] {word}.[EOS]``, so the background term trains the context.
     """
 
     kind = "coop"
@@ -63,6 +64,8 @@ class CoOp(PromptLearner):
         return self._encode_prompts(self.class_tokens, self.ctx)
 
     def prompt_text_features(self, suffixes: list[str]) -> torch.Tensor:
+        """``[SOS][ctx] suffix`` prompts, DAPT's background prompts over CoOp (a plain-text prompt would be
+        frozen CLIP, which the background term cannot move); a class-specific context is averaged."""
         ctx = self.ctx.mean(dim=0) if self.ctx.dim() == 3 else self.ctx
         return self._encode_prompts(self._tokenize_prompts(suffixes), ctx)
 

@@ -31,6 +31,7 @@ class MaPLe(PromptLearner):
     """
 
     kind = "maple"
+    background_in_context = False  # official DAPT: "a clean origami {word}." as plain text at the input
 
     def __init__(self, backbone: Backbone, classnames: list[str], cfg: MaPLeConfig | None = None) -> None:
         cfg = cfg or MaPLeConfig()
@@ -72,6 +73,7 @@ class MaPLe(PromptLearner):
         return self._encode_prompts(self.class_tokens, self.ctx)
 
     def prompt_text_features(self, suffixes: list[str]) -> torch.Tensor:
+        """``[SOS][ctx] suffix`` prompts; DAPT's background prompts use :meth:`plain_prompt_features`."""
         return self._encode_prompts(self._tokenize_prompts(suffixes), self.ctx)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
