@@ -1,14 +1,15 @@
 """Few-shot training and evaluation of prompt learners, with or without the DAPT objective.
 
 Defaults follow the official release (METHOD.md): SGD lr 0.0035, cosine schedule after one warm-up epoch at
-a constant 1e-5, 10 epochs, batch 4. fp32 on the CPU, bf16 autocast on a GPU. An interrupted run resumes from
-its state file.
+a constant 1e-5, 10 epochs, batch 4, the epoch of best validation accuracy kept (``best_val``). fp32 on the
+CPU, bf16 autocast on a GPU. An interrupted run resumes from its state file, and only the same run does.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import numbers
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -21,21 +22,25 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from dapt_core.fileio import atomic_path
 from dapt_core.attention.metrics import binarize
 from dapt_core.attention.cam import compute_cams
 from dapt_core.data.dataset import AugmentConfig, PromptDataset
 from dapt_core.data.records import Sample
 from dapt_core.learners.base import PromptLearner
 from dapt_core.data.masks import InMemoryMasks, MaskProvider
-from dapt_core.objective import DaptConfig, dapt_losses, loss_weights
+from dapt_core.constants import OFFICIAL_EPOCHS
+from dapt_core.objective import DaptConfig, dapt_losses, loss_weights, warn_unreached_terms
+from dapt_core.run_state import TrainState, load_state, run_fingerprint, save_state
 
 log = logging.getLogger(__name__)
 
 
+SELECTIONS = ("best_val", "last")  # which epoch's prompts a run keeps (see model_selection)
+
+
 @dataclass
 class TrainConfig:
-    epochs: int = 10  # passes over the few-shot set
+    epochs: int = OFFICIAL_EPOCHS  # passes over the few-shot set
     batch_size: int = 4  # images per step
     lr: float = 0.0035  # SGD learning rate after warm-up
     momentum: float = 0.9  # SGD momentum (Dassl default)
@@ -46,6 +51,42 @@ class TrainConfig:
     crop_min: float = 0.08  # smallest area share of the random-resized training crop (CLIP/CoOp: 0.08)
     eval_batch_size: int = 32  # images per evaluation step
     num_workers: int = 0  # DataLoader worker processes
+    shots: int | None = None  # images per class the training set was drawn with (0 = all); None = not stated
+    selection: str = "best_val"  # best_val: keep the epoch of best validation accuracy (official); last
+
+    def __post_init__(self) -> None:
+        """Checks every field; a bad value raises ValueError naming it, before anything heavy loads."""
+        for name, low in (("epochs", 1), ("batch_size", 1), ("eval_batch_size", 1), ("warmup_epochs", 0),
+                          ("num_workers", 0)):
+            _check_int(name, getattr(self, name), low)
+        if self.shots is not None:
+            _check_int("shots", self.shots, 0, " (0 = every image)")
+        _check_int("seed", self.seed, None)
+        _check_number("lr", self.lr, low=0.0, low_open=True)
+        _check_number("warmup_lr", self.warmup_lr, low=0.0)
+        _check_number("weight_decay", self.weight_decay, low=0.0)
+        _check_number("momentum", self.momentum, low=0.0, high=1.0)
+        _check_number("crop_min", self.crop_min, low=0.0, low_open=True, high=1.0, high_closed=True)
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"unknown model selection {self.selection!r}; choose from {', '.join(SELECTIONS)}")
+
+
+def _check_int(name: str, value: object, low: int | None, note: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or (low is not None and value < low):
+        bound = f" >= {low}" if low is not None else ""
+        raise ValueError(f"{name} must be an integer{bound}{note}, got {value!r}")
+
+
+def _check_number(name: str, value: object, *, low: float, low_open: bool = False, high: float | None = None,
+                  high_closed: bool = False) -> None:
+    ok = (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+          and (value > low if low_open else value >= low)
+          and (high is None or (value <= high if high_closed else value < high)))
+    if not ok:
+        left, right = "(" if low_open else "[", "]" if high_closed else ")"
+        span = f"{left}{low}, {high}{right}" if high is not None else (f"> {low}" if low_open else f">= {low}")
+        raise ValueError(f"{name} must be a finite number {'in ' if high is not None else ''}{span}, "
+                         f"got {value!r}")
 
 
 class TrainingCancelled(RuntimeError):
@@ -92,89 +133,159 @@ def refresh_gradcam_masks(learner: PromptLearner, dataset: PromptDataset, store:
             store.set(i, binarize(full, threshold).astype(np.float32))
 
 
-def _save_state(path: Path, learner: PromptLearner, optimizer: torch.optim.Optimizer, epoch: int,
-                history: list[dict]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"learner": learner.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch,
-                    "history": history, "rng": torch.get_rng_state()}, tmp)
+def model_selection(history: list[dict], rule: str) -> dict:
+    """Which epoch's prompts a run keeps, from its history; recorded in the prompt set's metadata.
 
-
-def train_prompts(learner: PromptLearner, samples: list[Sample], cfg: TrainConfig, dapt: DaptConfig, *,
-                  masks: MaskProvider | None = None, state_path: str | Path | None = None,
-                  on_step: Callable[[StepReport], None] | None = None,
-                  cancel: threading.Event | None = None, progress: bool = True) -> list[dict]:
-    """Trains the learner's prompts in place.
-
-    Args:
-        samples: the (few-shot) training images.
-        masks: foreground masks for the ``mask`` cue; the ``gradcam`` cue makes its own every epoch.
-        state_path: where to keep a resumable state after every epoch; an existing one is resumed.
-        on_step: called after every step (the app's live progress).
-        cancel: set it to stop after the current step (raises :class:`TrainingCancelled`).
-
-    Returns:
-        One dict per epoch: mean of each loss term, the learning rate and the epoch's seconds.
+    ``best_val`` keeps the first epoch of highest ``val_accuracy`` (the official ``TEST.FINAL_MODEL:
+    best_val``: a later epoch replaces it only when strictly better). Without validation scores it falls
+    back to the last epoch and says so (``requested`` and ``reason``).
     """
-    if dapt.cue == "mask" and masks is None:
-        raise ValueError("the mask cue needs a mask for every training image (a mask folder or a segmenter)")
-    seed_everything(cfg.seed)
+    scored = [h for h in history if "val_accuracy" in h]
+    if rule == "best_val" and scored:
+        best = max(scored, key=lambda h: h["val_accuracy"])  # max keeps the first of equal scores
+        return {"rule": "best_val", "epoch": best["epoch"], "val_accuracy": best["val_accuracy"]}
+    selected = {"rule": "last", "epoch": history[-1]["epoch"] if history else None}
+    if rule == "best_val":
+        selected.update(requested="best_val", reason="no validation images")
+    return selected
+
+
+def _validation_accuracy(learner: PromptLearner, samples: list[Sample], cfg: TrainConfig) -> float:
+    """Accuracy (percent) on the validation images, leaving torch's CPU random stream as it was."""
+    with torch.random.fork_rng(devices=[]):
+        accuracy = classification_metrics(*predict(learner, samples, cfg.eval_batch_size))["accuracy"]
+    learner.train()
+    return accuracy
+
+
+def _train_epoch(learner: PromptLearner, loader: DataLoader, optimizer: torch.optim.Optimizer, epoch: int,
+                 cfg: TrainConfig, dapt: DaptConfig, on_step: Callable[[StepReport], None] | None,
+                 cancel: threading.Event | None, progress: bool) -> dict:
+    """One pass over the loader; returns the epoch's record (mean of each loss term, lr, seconds)."""
+    started = time.perf_counter()
+    backbone, device = learner.backbone, learner.device
+    lr = lr_at(epoch, cfg)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    sums: dict[str, float] = {}
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
+    for step, batch in enumerate(bar):
+        if cancel is not None and cancel.is_set():
+            raise TrainingCancelled(f"cancelled during epoch {epoch + 1}")
+        images, labels = batch["image"].to(device), batch["label"].to(device)
+        with backbone.lock, backbone.autocast():
+            terms = dapt_losses(learner, images, batch["mask"].to(device), labels, epoch, dapt, cfg.epochs)
+            optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            optimizer.step()
+        values = {k: float(v.detach()) for k, v in terms.items()}
+        for k, v in values.items():
+            sums[k] = sums.get(k, 0.0) + v
+        bar.set_postfix(loss=f"{values['total']:.3f}")
+        if on_step is not None:
+            on_step(StepReport(epoch, step, len(loader), lr, values))
+    return {"epoch": epoch, "lr": lr, "seconds": round(time.perf_counter() - started, 3),
+            **{k: v / max(len(loader), 1) for k, v in sums.items()}}
+
+
+def _training_loader(learner: PromptLearner, samples: list[Sample], cfg: TrainConfig,
+                     masks: MaskProvider | None) -> tuple[PromptDataset, DataLoader, torch.Generator]:
+    """The augmented training set, its shuffling loader and the generator that seeds each epoch's order."""
     backbone = learner.backbone
-    device = backbone.device
-    if dapt.cue == "gradcam":
-        masks = InMemoryMasks()
     dataset = PromptDataset(samples, image_size=backbone.image_size, mean=backbone.mean, std=backbone.std,
-                            train=True, masks=masks if dapt.enabled else None, seed=cfg.seed,
+                            train=True, masks=masks, seed=cfg.seed,
                             augment=AugmentConfig(crop_scale=(cfg.crop_min, 1.0)))
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=generator,
                         num_workers=cfg.num_workers, drop_last=False)
-    params = [p for p in learner.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    history: list[dict] = []
-    start_epoch = 0
-    state_path = Path(state_path) if state_path else None
-    if state_path and state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=True)
-        learner.load_state_dict(state["learner"])
-        optimizer.load_state_dict(state["optimizer"])
-        history, start_epoch = state["history"], state["epoch"] + 1
-        torch.set_rng_state(state["rng"])
-        log.info("resumed from %s after epoch %d", state_path, state["epoch"])
+    return dataset, loader, generator
 
+
+def _resume(state_path: Path | None, restart: bool, fingerprint: dict, learner: PromptLearner,
+            optimizer: torch.optim.Optimizer) -> TrainState | None:
+    """The state to continue from: None for a fresh run (no file, or ``restart``)."""
+    if state_path is None or not state_path.exists():
+        return None
+    if restart:
+        log.info("restart: discarding the training state %s", state_path)
+        state_path.unlink()
+        return None
+    state = load_state(state_path, fingerprint, learner.device)
+    learner.load_state_dict(state.learner)
+    optimizer.load_state_dict(state.optimizer)
+    torch.set_rng_state(state.rng)
+    log.info("resumed from %s after epoch %d", state_path, state.epoch + 1)
+    return state
+
+
+def train_prompts(learner: PromptLearner, samples: list[Sample], cfg: TrainConfig, dapt: DaptConfig, *,
+                  masks: MaskProvider | None = None, val_samples: list[Sample] | None = None,
+                  state_path: str | Path | None = None, restart: bool = False, run_info: dict | None = None,
+                  on_step: Callable[[StepReport], None] | None = None,
+                  cancel: threading.Event | None = None, progress: bool = True) -> list[dict]:
+    """Trains the learner's prompts in place and leaves it holding the selected epoch's prompts.
+
+    Args:
+        samples: the (few-shot) training images.
+        masks: foreground masks for the ``mask`` cue; the ``gradcam`` cue makes its own every epoch.
+        val_samples: validation images for ``cfg.selection == "best_val"``; without any, the last epoch is
+            kept (a logged warning; :func:`model_selection` records it).
+        state_path: where to keep a resumable state after every epoch; an existing one is resumed when it
+            belongs to this very run (see :mod:`dapt_core.run_state`), refused otherwise.
+        restart: discard an existing state file and start over.
+        run_info: the caller's facts that identify the run beyond the arguments (data spec, shots, ...).
+        on_step: called after every step (the app's live progress).
+        cancel: set it to stop after the current step (raises :class:`TrainingCancelled`).
+
+    Returns:
+        One dict per epoch: mean of each loss term, the learning rate, the epoch's seconds and, with
+        best_val selection, ``val_accuracy``.
+
+    Raises:
+        RunMismatchError: the state file belongs to another run.
+    """
+    if dapt.cue == "mask" and masks is None:
+        raise ValueError("the mask cue needs a mask for every training image (a mask folder or a segmenter)")
+    if not samples:
+        raise ValueError("no training images")
+    val_samples = list(val_samples or [])
+    validate = cfg.selection == "best_val" and bool(val_samples)
+    if cfg.selection == "best_val" and not val_samples:
+        log.warning("model selection best_val has no validation images: the last epoch's prompts are kept")
+    warn_unreached_terms(dapt, cfg.epochs)
+    fingerprint = run_fingerprint(learner, samples, cfg, dapt, val_samples=val_samples, masks=masks,
+                                  run_info=run_info)
+    seed_everything(cfg.seed)
+    cue_masks = InMemoryMasks() if dapt.cue == "gradcam" else masks
+    dataset, loader, generator = _training_loader(learner, samples, cfg, cue_masks if dapt.enabled else None)
+    optimizer = torch.optim.SGD([p for p in learner.parameters() if p.requires_grad], lr=cfg.lr,
+                                momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    state_path = Path(state_path) if state_path else None
+    state = _resume(state_path, restart, fingerprint, learner, optimizer)
+    history, best = (state.history, state.best) if state else ([], None)
     learner.train()
-    for epoch in range(start_epoch, cfg.epochs):
-        started = time.perf_counter()
-        lr = lr_at(epoch, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+    for epoch in range(state.epoch + 1 if state else 0, cfg.epochs):
         dataset.set_epoch(epoch)
         generator.manual_seed(cfg.seed * 1000 + epoch)
-        if dapt.cue == "gradcam" and any(loss_weights(epoch, dapt).values()):
-            refresh_gradcam_masks(learner, dataset, masks, dapt.cam_threshold)
-        sums: dict[str, float] = {}
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, leave=False)
-        for step, batch in enumerate(bar):
-            if cancel is not None and cancel.is_set():
-                raise TrainingCancelled(f"cancelled during epoch {epoch + 1}")
-            images, labels = batch["image"].to(device), batch["label"].to(device)
-            with backbone.lock, backbone.autocast():
-                terms = dapt_losses(learner, images, batch["mask"].to(device), labels, epoch, dapt)
-                optimizer.zero_grad(set_to_none=True)
-                terms["total"].backward()
-                optimizer.step()
-            values = {k: float(v.detach()) for k, v in terms.items()}
-            for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v
-            bar.set_postfix(loss=f"{values['total']:.3f}")
-            if on_step is not None:
-                on_step(StepReport(epoch, step, len(loader), lr, values))
-        record = {"epoch": epoch, "lr": lr, "seconds": round(time.perf_counter() - started, 3),
-                  **{k: v / max(len(loader), 1) for k, v in sums.items()}}
+        if dapt.cue == "gradcam" and any(loss_weights(epoch, dapt, cfg.epochs).values()):
+            refresh_gradcam_masks(learner, dataset, cue_masks, dapt.cam_threshold)
+        record = _train_epoch(learner, loader, optimizer, epoch, cfg, dapt, on_step, cancel, progress)
+        if validate:
+            record["val_accuracy"] = _validation_accuracy(learner, val_samples, cfg)
+            if best is None or record["val_accuracy"] > best["val_accuracy"]:
+                best = {"epoch": epoch, "val_accuracy": record["val_accuracy"],
+                        "learner": {k: v.detach().clone() for k, v in learner.state_dict().items()}}
         history.append(record)
         log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in record.items()})
         if state_path:
-            _save_state(state_path, learner, optimizer, epoch, history)
+            save_state(state_path, TrainState(fingerprint, learner.state_dict(), optimizer.state_dict(), epoch,
+                                              history, torch.get_rng_state(), best))
     learner.eval()
+    selected = model_selection(history, cfg.selection)
+    if selected["rule"] == "best_val":
+        learner.load_state_dict(best["learner"])
+        log.info("model selection: kept epoch %d (validation accuracy %.2f%%)", selected["epoch"] + 1,
+                 selected["val_accuracy"])
     return history
 
 
