@@ -291,6 +291,14 @@ def test_each_image_of_a_batch_gets_its_own_map(learners, method):
 
 
 @pytest.mark.parametrize("method", sorted(ATTENTION_METHODS))
+def test_maps_under_no_grad_equal_maps_with_grad(learners, method):
+    images = _images(10, n=1)
+    with torch.no_grad():
+        quiet = compute_cams(learners["maple"], images, [2], method=method)
+    np.testing.assert_allclose(quiet, compute_cams(learners["maple"], images, [2], method=method), atol=1e-6)
+
+
+@pytest.mark.parametrize("method", sorted(ATTENTION_METHODS))
 def test_the_map_depends_on_the_target_class(learners, method):
     learner = learners["coop"]
     images = _images(7, n=1)

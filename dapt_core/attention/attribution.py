@@ -52,7 +52,8 @@ def attention_cams(method: str, learner: PromptLearner, images: torch.Tensor, ta
     scorer = _scorer(method)
     try:
         forward = attention_forward(learner, images)
-        scores, _, _ = scorer(learner, forward, text_features, targets)
+        with torch.enable_grad():  # a caller under no_grad still gets its maps
+            scores, _, _ = scorer(learner, forward, text_features, targets)
         return patch_maps_to_images(scores, forward.layout.grid, tuple(images.shape[-2:]))
     finally:
         learner.zero_grad(set_to_none=True)
@@ -91,7 +92,8 @@ def attention_set_cams(learners: list[PromptLearner], text_features: list[torch.
         tick = time.perf_counter()
         for i in group:
             target = None if targets[i] is None else [int(targets[i])]
-            scores, logits, chosen = scorer(learners[i], forward, text_features[i], target)
+            with torch.enable_grad():
+                scores, logits, chosen = scorer(learners[i], forward, text_features[i], target)
             found[i] = (logits[0], chosen[0], patch_maps_to_images(scores, forward.layout.grid, size)[0])
             learners[i].zero_grad(set_to_none=True)
         spent["cam"] += time.perf_counter() - tick
