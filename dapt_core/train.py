@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from dapt_core.attention.metrics import binarize
 from dapt_core.attention.cam import compute_cams
 from dapt_core.data.dataset import AugmentConfig, PromptDataset
+from dapt_core.data.folders import few_shot
 from dapt_core.data.records import Sample
 from dapt_core.learners.base import PromptLearner
 from dapt_core.data.masks import InMemoryMasks, MaskProvider
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 
 
 SELECTIONS = ("best_val", "last")  # which epoch's prompts a run keeps (see model_selection)
+FEW_SHOT_VAL_CAP = 4  # CoOp's data sets: a few-shot run draws min(shots, 4) validation images per class
 
 
 @dataclass
@@ -148,6 +150,14 @@ def model_selection(history: list[dict], rule: str) -> dict:
     if rule == "best_val":
         selected.update(requested="best_val", reason="no validation images")
     return selected
+
+
+def few_shot_validation(samples: list[Sample], shots: int | None, seed: int) -> list[Sample]:
+    """The validation images best_val scores: ``min(shots, 4)`` per class, as CoOp's data sets draw them
+    for few-shot runs (every image when ``shots`` is 0 or None)."""
+    if not shots:
+        return list(samples)
+    return few_shot(samples, min(shots, FEW_SHOT_VAL_CAP), seed)
 
 
 def _validation_accuracy(learner: PromptLearner, samples: list[Sample], cfg: TrainConfig) -> float:

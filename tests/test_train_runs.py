@@ -179,3 +179,28 @@ def test_a_state_file_without_fingerprint_is_refused(tiny_backbone, images, tmp_
     with pytest.raises(RunMismatchError, match="does not say which run"):
         train_prompts(learner, images["train"], TrainConfig(epochs=2), DaptConfig(), state_path=state,
                       progress=False)
+
+
+def test_the_benchmark_and_the_app_check_settings_with_the_same_config_classes():
+    from dapt_core.app_support.training import TrainRequest
+    from dapt_core.experiments.background_shift import BenchConfig
+
+    for bad, field in (({"lr": 0.0}, "lr"), ({"batch_size": 0}, "batch_size"), ({"switch_epoch": -1}, "switch_epoch"),
+                       ({"crop_min": 0.0}, "crop_min")):
+        with pytest.raises(ValueError, match=field):
+            BenchConfig(**bad)
+    request = TrainRequest(source="synthetic", learner="coop", cue="off", shots=1, epochs=1, name="x",
+                           train={"batch_size": 0})
+    with pytest.raises(ValueError, match="batch_size"):
+        request.validate()
+
+
+def test_few_shot_validation_draws_min_shots_4_per_class(images):
+    from collections import Counter
+
+    from dapt_core.train import few_shot_validation
+
+    pool = images["train"] + images["val"]  # five images per class
+    assert Counter(s.label for s in few_shot_validation(pool, 1, seed=1)) == {0: 1, 1: 1, 2: 1}
+    assert Counter(s.label for s in few_shot_validation(pool, 16, seed=1)) == {0: 4, 1: 4, 2: 4}
+    assert few_shot_validation(pool, 0, seed=1) == pool

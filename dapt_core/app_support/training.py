@@ -58,6 +58,7 @@ class TrainRequest:
             raise ValueError(f"shots must be between 1 and {MAX_SHOTS}, got {self.shots}")
         if not 1 <= int(self.epochs) <= MAX_EPOCHS:
             raise ValueError(f"epochs must be between 1 and {MAX_EPOCHS}, got {self.epochs}")
+        TrainConfig(epochs=int(self.epochs), seed=self.seed, **self.train)  # checks batch size, lr, ... itself
         if self.source == "folder":
             if self.folder is None:
                 raise UploadError("no labelled images: upload a zip of class folders or add images per class")

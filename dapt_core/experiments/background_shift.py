@@ -123,6 +123,9 @@ class BenchConfig:
         if self.n_classes is not None and not 2 <= self.n_classes <= len(OBJECT_CLASSES):
             raise ValueError(f"n_classes: must lie in [2, {len(OBJECT_CLASSES)}], got {self.n_classes}")
         self.shots, self.seeds, self.methods = tuple(self.shots), tuple(self.seeds), tuple(self.methods)
+        # the training and DAPT settings are checked by their own config classes, before any task is built
+        self.train_config(self.seeds[0])
+        self.dapt("mask")
 
     @property
     def effective_switch_epoch(self) -> int:
