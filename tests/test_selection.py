@@ -1,5 +1,6 @@
 """The data-efficient setting's selection, by value on hand-made features and logits."""
 
+import hashlib
 import random
 from pathlib import Path
 
@@ -182,3 +183,70 @@ def test_feature_methods_run_on_the_frozen_zero_shot_model(tiny_backbone, image_
         expected = sorted(select_indices([s.label for s in image_samples], cfg, features=features, logits=logits))
         assert kept == [image_samples[i] for i in expected]
         assert record["kept_per_class"] == {"dog": 3, "cat": 3} and record["method"] == method
+
+
+# --- the train command ----------------------------------------------------------------------------------
+
+def test_cli_choices_match_the_library():
+    from dapt_core import selection
+    from dapt_core.cli import train as cli_train
+
+    assert cli_train.SELECT_METHODS == selection.SELECT_METHODS
+    assert cli_train.SELECT_SCORES == selection.UNCERTAINTY_SCORES
+
+
+@pytest.mark.parametrize("flags,message", [(["--select-fraction", "0.01"], "fraction must be in"),
+                                           (["--select-fraction", "1.5"], "fraction must be in")])
+def test_cli_refuses_bad_selection_before_loading_anything(monkeypatch, tmp_path, capsys, flags, message):
+    from dapt_core.cli import main
+    from dapt_core.cli import train as cli_train
+
+    def heavy(*args, **kwargs):
+        raise AssertionError("loaded data or a backbone before checking the selection flags")
+
+    monkeypatch.setattr(cli_train, "load_backbone", heavy)
+    monkeypatch.setattr(cli_train, "data_splits", heavy)
+    code = main(["train", "--backbone", "tiny-vit", "--data", f"imagefolder:{tmp_path}", "--out",
+                 str(tmp_path / "x.safetensors"), *flags])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_cli_trains_on_the_selected_images_and_records_them(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+
+    from dapt_core import train as train_module
+    from dapt_core.checkpoint import read_info
+    from dapt_core.cli import main
+
+    trained_on = []
+    real_train = train_module.train_prompts
+
+    def recording(learner, samples, *args, **kwargs):
+        trained_on.append(sorted(str(s.path) for s in samples))
+        return real_train(learner, samples, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_prompts", recording)
+
+    rng = np.random.default_rng(2)
+    for split, n in (("train", 6), ("test", 2)):
+        for name in ("red", "blue"):
+            (tmp_path / "data" / split / name).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray((rng.random((36, 36, 3)) * 255).astype(np.uint8)).save(
+                    tmp_path / "data" / split / name / f"{i}.png")
+    out = tmp_path / "p.safetensors"
+    argv = ["train", "--backbone", "tiny-vit", "--device", "cpu", "--learner", "coop", "--shots", "0",
+            "--epochs", "1", "--data", f"imagefolder:{tmp_path / 'data'}", "--select-fraction", "0.5",
+            "--select-method", "kcenter", "--out", str(out)]
+    assert main(argv) == 0
+    capsys.readouterr()
+    meta = read_info(out).meta["train"]
+    record = meta["data_selection"]
+    assert record["method"] == "kcenter" and record["fraction"] == 0.5 and record["per_class"] is True
+    assert record["kept"] == 6 and record["of"] == 12 and record["kept_per_class"] == {"blue": 3, "red": 3}
+    assert len(trained_on[0]) == 6
+    assert hashlib.sha256("\n".join(trained_on[0]).encode()).hexdigest() == record["kept_sha256"]
+    assert main([*argv[:-1], str(tmp_path / "again.safetensors")]) == 0  # seeded: the same images again
+    assert read_info(tmp_path / "again.safetensors").meta["train"]["data_selection"] == record
+    assert trained_on[1] == trained_on[0]
