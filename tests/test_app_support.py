@@ -405,21 +405,3 @@ def test_examples_follow_the_backbone(tiny_backbone):
     assert example_dir_for(photo_backbone) == PHOTO_DIR
     photos = Examples(PHOTO_DIR)
     assert {e.image.name for e in photos.items} == {"astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"}
-
-
-def test_example_images_are_measured_against_their_exact_masks(tiny_backbone, tmp_path):
-    import shutil
-
-    import app
-    from dapt_core.app_support import EXACT, EXAMPLE_DIR, Examples, PromptCatalog
-
-    example = next(e for e in Examples(EXAMPLE_DIR).items if e.mask is not None)
-    handlers = app.Handlers(tiny_backbone, PromptCatalog(tiny_backbone, tmp_path / "b", tmp_path / "u"),
-                            Examples(EXAMPLE_DIR))
-    copy = tmp_path / "upload.png"  # recognised by its bytes, whatever the upload is called
-    shutil.copyfile(example.image, copy)
-    assert handlers.suggest_segmenter(str(copy), "cam") == EXACT
-    other = tmp_path / "other.png"
-    other.write_bytes(example.image.read_bytes()[:-1] + b"\x00")
-    assert handlers.suggest_segmenter(str(other), EXACT) == "cam"
-    assert handlers.suggest_segmenter(str(other), "grabcut") == "grabcut"

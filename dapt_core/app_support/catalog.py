@@ -12,7 +12,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from dapt_core.app_support.startup import BUNDLED_PROMPT_DIR, LEARNER_CACHE_SIZE, USER_PROMPT_DIR
+from dapt_core.app_support.startup import BUNDLED_PROMPT_DIR, LEARNER_CACHE_SIZE, USER_PROMPT_DIR, TempFiles
 from dapt_core.app_support.uploads import UploadError, slugify
 from dapt_core.backbones import Backbone
 from dapt_core.checkpoint import CheckpointError, PromptSetInfo, list_prompt_sets, load_prompt_set
@@ -47,6 +47,20 @@ class CatalogEntry:
 
 
 CATALOG_HEADERS = ["key", "method", "classes", "class names", "shots", "metrics", "created"]
+
+
+@dataclass(frozen=True)
+class CatalogView:
+    """One reading of the catalogue, for every list the app shows of it."""
+
+    choices: list[tuple[str, str]]  # (display, key) per prompt set, for pickers
+    selected: list[str]  # the chosen keys that are still listed, else the default pair
+    rows: list[list]  # the catalogue table (CATALOG_HEADERS)
+    summaries: list[dict]  # per set, what the API's /prompt_sets lists
+
+    @property
+    def first_key(self) -> str | None:
+        return self.choices[0][1] if self.choices else None
 
 
 class PromptCatalog:
@@ -92,6 +106,27 @@ class PromptCatalog:
 
         keys = [k for k in (first(False), first(True)) if k]
         return keys if len(keys) == 2 else [e.key for e in entries[:2]]
+
+    def view(self, selected: list[str] | None = None) -> CatalogView:
+        """The catalogue as it is on disk now, keeping those of ``selected`` that are still listed."""
+        entries = self.entries()
+        keys = [e.key for e in entries]
+        kept = [k for k in (selected or []) if k in keys] or self.default_keys(entries)
+        return CatalogView([(e.display, e.key) for e in entries], kept, [e.row() for e in entries],
+                           [e.summary() for e in entries])
+
+    def export(self, key: str | None, files: TempFiles) -> Path:
+        """A copy of a prompt set's file in a new folder of ``files``, to hand to a visitor.
+
+        Raises:
+            ValueError: no key. KeyError: an unknown key.
+        """
+        if not key:
+            raise ValueError("Pick a prompt set to download.")
+        source = self.get(key).info.path
+        target = files.new_dir() / source.name
+        shutil.copyfile(source, target)
+        return target
 
     def learner(self, key: str, classnames: list[str] | None = None) -> PromptLearner:
         """The learner of a prompt set, with its stored classes or ``classnames``; built once per (file, classes).
@@ -153,3 +188,8 @@ class PromptCatalog:
             shutil.rmtree(staged.parent, ignore_errors=True)
         log.info("installed uploaded prompt set %s as %s", filename, target)
         return self.get(f"user/{target.stem}")
+
+
+def install_note(entry: CatalogEntry) -> str:
+    """The markdown line that confirms an installed upload: its key, method and number of classes."""
+    return f"Added **{entry.key}** ({entry.info.label}, {len(entry.info.meta['classnames'])} classes)."

@@ -17,6 +17,7 @@ import numpy as np
 
 from dapt_core import paths
 from dapt_core.backbones import Backbone, BackboneError, get_backbone_spec, load_backbone
+from dapt_core.constants import MASK_THRESHOLD
 from dapt_core.learners.base import clean_classnames
 from dapt_core.data.masks import read_mask_file
 from dapt_core.weights import WeightsNotFoundError
@@ -32,10 +33,10 @@ USER_PROMPT_DIR = Path(os.environ.get("DAPT_USER_PROMPTS", paths.CHECKPOINT_DIR 
 EXAMPLE_DIR = paths.ASSETS_DIR / "examples"  # scenes of the synthetic world, for the backbones trained on it
 PHOTO_DIR = paths.ASSETS_DIR / "photos"  # public-domain photographs, for backbones trained on photographs
 SYNTHETIC_WORLD_BACKBONES = ("synth-mini", "tiny-vit")
+# Not constants.IMAGE_EXTENSIONS: examples are shown as thumbnails, so only formats every browser draws
 EXAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 EXAMPLE_MANIFEST = "examples.json"
 MASK_SUFFIX = "_mask"  # mask files beside example images are not examples themselves
-MASK_ON = 0.5  # read_mask_file gives 0/1 floats; at least this is object
 LEARNER_CACHE_SIZE = 8  # prompt sets kept built in memory; each is small next to the backbone
 TEMP_MAX_AGE_S = 6 * 3600.0  # visitors' temporary files (figures, uploads, downloads) are kept this long
 
@@ -85,6 +86,11 @@ def choose_backbone(forced: str | None = None, *, device: str | None = None, dow
         f"them with `{FETCH_COMMAND}` and restart the app."), None)
 
 
+def describe_backbone(backbone: Backbone) -> str:
+    """A markdown list of what the backbone says about itself (name, weights, device, ...)."""
+    return "\n".join(f"- **{k}**: {v}" for k, v in backbone.describe().items())
+
+
 @dataclass(frozen=True)
 class Example:
     image: Path  # the picture offered (the manifest's viewing copy when it has one)
@@ -126,7 +132,7 @@ class Examples:
         if not self._masks:
             return None
         mask_path = self._masks.get(_digest(path))
-        return None if mask_path is None else read_mask_file(mask_path) >= MASK_ON
+        return None if mask_path is None else read_mask_file(mask_path) >= MASK_THRESHOLD
 
 
 def example_dir_for(backbone: Backbone) -> Path:

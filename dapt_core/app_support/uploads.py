@@ -3,20 +3,20 @@ image folder after checks on size, paths and content."""
 
 from __future__ import annotations
 
-import logging
 import re
 import shutil
 import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from dapt_core.constants import IMAGE_EXTENSIONS
+from dapt_core.constants import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS
 from dapt_core.data.records import list_images
 
-log = logging.getLogger(__name__)
+NO_IMAGES_YET = "No images added yet."
 
 
 @dataclass
@@ -25,11 +25,25 @@ class UploadLimits:
     max_total_bytes: int = 500 * 2**20  # uncompressed size of everything extracted
     max_file_bytes: int = 40 * 2**20  # one extracted image
     max_files: int = 5000  # images in one upload
-    max_pixels: int = 40_000_000  # width * height of one image (decompression bombs)
+    max_pixels: int = MAX_IMAGE_PIXELS  # width * height of one image: the reader's cap (decompression bombs)
 
 
 class UploadError(ValueError):
     """An upload (zip, image set, prompt set) that cannot be used; the message says why, for the user."""
+
+
+def upload_path(value: Any) -> Path | None:
+    """The server path of a file input: a path string, or a dict with ``"path"`` (Gradio's FileData, when the
+    handler skips preprocessing); None when nothing was uploaded."""
+    if value is None or value == "":
+        return None
+    return Path(value["path"] if isinstance(value, dict) else value)
+
+
+def upload_name(value: Any) -> str:
+    """The name the visitor's file had on their machine (FileData's ``"orig_name"``), else the server file's."""
+    original = value.get("orig_name") if isinstance(value, dict) else None
+    return original or upload_path(value).name
 
 
 def slugify(text: str, default: str = "prompts") -> str:
@@ -150,6 +164,14 @@ def describe_folder(root: Path) -> dict[str, int]:
     if not root.is_dir():
         return {}
     return {p.name: len(list_images(p)) for p in sorted(root.iterdir()) if p.is_dir()}
+
+
+def folder_summary(root: Path | None) -> str:
+    """One markdown line: the images per class gathered so far in an image folder."""
+    counts = describe_folder(root) if root is not None else {}
+    if not counts:
+        return NO_IMAGES_YET
+    return "Images so far: " + ", ".join(f"**{c}** ({n})" for c, n in counts.items())
 
 
 def check_image_folder(root: Path) -> None:
