@@ -204,3 +204,16 @@ def test_few_shot_validation_draws_min_shots_4_per_class(images):
     assert Counter(s.label for s in few_shot_validation(pool, 1, seed=1)) == {0: 1, 1: 1, 2: 1}
     assert Counter(s.label for s in few_shot_validation(pool, 16, seed=1)) == {0: 4, 1: 4, 2: 4}
     assert few_shot_validation(pool, 0, seed=1) == pool
+
+
+def test_an_app_run_records_which_epoch_it_kept(tmp_path, tiny_backbone):
+    from dapt_core.app_support.catalog import PromptCatalog
+    from dapt_core.app_support.training import TrainRequest, run_training
+    from dapt_core.checkpoint import read_info
+
+    catalog = PromptCatalog(tiny_backbone, tmp_path / "none", tmp_path / "user")
+    request = TrainRequest(source="synthetic", learner="coop", cue="off", shots=1, epochs=2, name="run",
+                           synth_test_per_class=1)
+    result = run_training(request, tiny_backbone, catalog, tmp_path / "work")
+    assert read_info(result.path).meta["train"]["selected"] == {"rule": "last", "epoch": 1, "requested": "best_val",
+                                                                "reason": "no validation images"}

@@ -19,7 +19,7 @@ from dapt_core.data.records import Sample
 from dapt_core.learners import build_learner, list_learners
 from dapt_core.data.masks import MaskFolder
 from dapt_core.objective import CUES, DaptConfig, scaled_switch_epoch
-from dapt_core.train import StepReport, TrainConfig, config_dict, evaluate, train_prompts
+from dapt_core.train import StepReport, TrainConfig, config_dict, evaluate, model_selection, train_prompts
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def run_training(req: TrainRequest, backbone: Backbone, catalog: PromptCatalog, 
         status(f"Evaluating on {len(samples)} {split} images…")
         metrics[f"{split}_accuracy"] = evaluate(learner, samples)["accuracy"]
     train_info = {**config_dict(cfg), "shots": int(req.shots), "source": req.source,
-                  "n_train": len(train), "evaluation": note}
+                  "n_train": len(train), "evaluation": note, "selected": model_selection(history, cfg.selection)}
     with catalog.write_lock:
         path = catalog.unique_user_path(req.name or f"{req.learner}-{req.cue}")
         save_prompt_set(learner, path, dapt=dapt if dapt.enabled else None, train_config=train_info,
