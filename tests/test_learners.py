@@ -109,3 +109,12 @@ def test_maple_depth_is_capped_at_the_backbone_depth(tiny_backbone):
     assert learner.cfg.depth == 2 and len(learner.compound_prompts_text) == 1
     with pytest.raises(PromptError, match="at least 1"):
         build_learner("maple", tiny_backbone, CLASSES, depth=0)
+
+
+def test_plain_prompts_too_short_for_the_deep_prompts_are_refused(tiny_backbone):
+    learner = build_learner("maple", tiny_backbone, CLASSES, depth=2)
+    with pytest.raises(PromptError, match="deep prompts overwrite 2"):
+        learner.plain_prompt_features(["sky"])  # one token: the deep prompts would overwrite its end token
+    with pytest.raises(PromptError, match="too long"):
+        learner.plain_prompt_features([" ".join(["sky"] * 80)])
+    assert learner.plain_prompt_features(["blue sky"]).shape == (1, tiny_backbone.embed_dim)
