@@ -17,7 +17,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from dapt_core.data.coop import load_coop
-from dapt_core.data.folders import few_shot
+from dapt_core.backbones import load_backbone
+from dapt_core.checkpoint import load_prompt_set
+from dapt_core.data.folders import few_shot, subsample_classes
 from dapt_core.grid import aggregate
 from dapt_core.grid.calibrate import CellSize, Timing, cell_seconds, cell_sizes, estimate, parallel_trials
 from dapt_core.grid.cells import METRICS_FILE, PROMPTS_FILE, STATE_FILE, expand, plan, read_finished
@@ -28,7 +30,7 @@ from dapt_core.grid.published import BASE_TO_NOVEL_AVERAGE
 from dapt_core.grid.runner import RESULTS_CSV, RESULTS_MD, run_grid
 from dapt_core.grid.trial import run_cell
 from dapt_core.segment.bulk import mask_path
-from dapt_core.train import TrainConfig, harmonic_mean
+from dapt_core.train import TrainConfig, evaluate, harmonic_mean
 
 # Two of CoOp's data sets in its layout: (key, folder, image folder, split file, classes)
 LAYOUTS = [("eurosat", "eurosat", "2750", "split_zhou_EuroSAT.json", ["forest", "river", "sea lake"]),
@@ -40,9 +42,9 @@ GRID = {"setting": "few_shot", "datasets": ["eurosat", "dtd"], "methods": ["coop
 KILLED = "few_shot/eurosat/maple+dapt-g/2shot/seed2"  # the cell whose worker is killed mid-training
 
 
-def write_coop_layout(root: Path) -> None:
+def write_coop_layout(root: Path, layouts=LAYOUTS) -> None:
     rng = np.random.default_rng(0)
-    for _, folder, image_dir, split_file, names in LAYOUTS:
+    for _, folder, image_dir, split_file, names in layouts:
         content = {split: [] for split in PER_CLASS}
         for label, name in enumerate(names):
             for split, count in PER_CLASS.items():
@@ -262,7 +264,9 @@ def test_base_to_novel_table_by_value_with_the_published_figures():
     assert ours.cells[2].mean == pytest.approx(harmonic_mean(75.0, 55.0))
     assert (eurosat.rows[0].cells[0].mean, eurosat.rows[0].cells[0].std) == (85.0, 5.0)
     assert dtd.rows[0].cells[0].text(seeds=2) == "70.00 ± 0.00*"
+    assert [r.label for r in average.rows][:2] == ["MaPLe", "MaPLe (published)"]  # the paper's beside ours
     published = {r.label: [c.mean for c in r.cells] for r in average.rows[1:]}
+    assert len(published) == len(BASE_TO_NOVEL_AVERAGE)
     assert published["MaPLe (published)"] == [BASE_TO_NOVEL_AVERAGE["MaPLe"].base,
                                                BASE_TO_NOVEL_AVERAGE["MaPLe"].novel, BASE_TO_NOVEL_AVERAGE["MaPLe"].hm]
     md = aggregate.to_markdown(cfg, tables, ["eurosat", "dtd"])
@@ -322,3 +326,46 @@ def test_cli_grid_dry_run_and_a_finished_grid(grid_cfg, sequential, tmp_path, ca
     result = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert (result["ran"], result["finished_before"], result["failed"]) == (0, 8, 0)
     assert main(["grid", str(path), "--out", str(tmp_path / "x"), "--num-cpus", "0"]) == 2
+
+
+# --- base-to-novel and data-efficient cells, end to end ----------------------------------------------------
+
+def test_a_base_to_novel_cell_trains_on_base_and_tests_each_half_with_its_classes(tmp_path):
+    write_coop_layout(tmp_path, [("eurosat", "eurosat", "2750", "split_zhou_EuroSAT.json",
+                                  ["forest", "river", "sea lake", "highway"])])
+    cfg = parse_config({**GRID, "setting": "base_to_novel", "data_root": str(tmp_path), "datasets": ["eurosat"],
+                        "methods": ["maple"], "seeds": [1]})
+    (cell,) = expand(cfg, tmp_path / "out")
+    record = run_cell(cell)
+    splits = load_coop("eurosat", tmp_path)
+    base, novel = (subsample_classes(splits, half) for half in ("base", "novel"))
+    backbone = load_backbone("tiny-vit", device="cpu")
+    learner = load_prompt_set(Path(cell.folder) / PROMPTS_FILE, backbone)
+    assert learner.classnames == base.classnames  # trained on the base half only
+    assert record["train_images"] == len(few_shot(base.train, 2, 1))
+    for half, part in (("base", base), ("novel", novel)):
+        learner.set_classnames(part.classnames)
+        assert record["metrics"][half] == evaluate(learner, part.test), half
+    assert record["metrics"]["hm"] == pytest.approx(
+        harmonic_mean(record["metrics"]["base"]["accuracy"], record["metrics"]["novel"]["accuracy"]), abs=1e-4)
+
+
+def test_data_efficient_cells_train_on_the_selected_share(data_root, tmp_path):
+    selection = pytest.importorskip("dapt_core.selection")
+    cfg = parse_config({**GRID, "setting": "data_efficient", "data_root": str(data_root), "datasets": ["eurosat"],
+                        "methods": ["coop"], "shots": [3], "seeds": [1], "fractions": [0.5, 1.0],
+                        "selection_methods": ["uniform", "herding"]})
+    report = run_grid(cfg, tmp_path, backend="sequential", progress=False)
+    assert report.failed == {} and len(report.ran) == 4
+    draw = few_shot(load_coop("eurosat", data_root).train, 3, 1)
+    backbone = load_backbone("tiny-vit", device="cpu")
+    for cell in expand(cfg, tmp_path):
+        kept, expected = selection.select_samples(
+            draw, selection.SelectionConfig(fraction=cell.fraction, method=cell.selection, seed=1),
+            backbone=backbone, classnames=load_coop("eurosat", data_root).classnames)
+        record = read_finished(cell)
+        assert record["train_images"] == len(kept) and (len(kept) < len(draw)) == (cell.fraction < 1), cell.key
+        assert record["selection"]["kept_sha256"] == expected["kept_sha256"], cell.key
+    md = (tmp_path / "data_efficient" / RESULTS_MD).read_text()
+    assert "| herding 0.5 |" in md and "| uniform 1 |" in md
+    assert Image.open(tmp_path / "data_efficient" / "accuracy_vs_fraction.png").format == "PNG"

@@ -66,6 +66,13 @@ def _config(args: argparse.Namespace):
     return cfg
 
 
+def duration(seconds: float) -> str:
+    """A readable length of time: seconds, minutes or hours."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
 def dry_run(cfg, args: argparse.Namespace) -> int:
     """Prints the grid's size, what is finished, and (unless --no-calibration) the time estimate."""
     from dapt_core.grid.calibrate import estimate, local_resources
@@ -93,8 +100,8 @@ def dry_run(cfg, args: argparse.Namespace) -> int:
             shown = ", ".join(f"{t.train_seconds:.4f} s train / {t.eval_seconds:.4f} s eval per image at "
                               f"{t.n_classes} classes" for t in points)
             print(f"  calibration {method}: {shown}")
-        print(f"estimated {est.total_seconds / 3600:.2f} h of trial time; {est.parallel} trial(s) at once "
-              f"-> about {est.wall_seconds / 3600:.2f} h")
+        print(f"estimated {duration(est.total_seconds)} of trial time; {est.parallel} trial(s) at once "
+              f"-> about {duration(est.wall_seconds)}" + (" (mask jobs not included)" if cfg.needs_masks else ""))
         result.update(trial_hours=round(est.total_seconds / 3600, 3), parallel=est.parallel,
                       wall_hours=round(est.wall_seconds / 3600, 3))
     print_json(result)

@@ -1,12 +1,13 @@
 """The dry run: how many runs a grid holds, and how long they should take from a short calibration.
 
-The calibration trains each method for two epochs on a few synthetic images on the configured backbone and
-device (the second epoch is timed, so start-up costs are left out), and times an evaluation of them, at the
+The calibration trains each method for three epochs on one batch of synthetic images on the configured
+backbone and device, with the trial's thread count (the fastest epoch after the first is taken, so start-up
+costs and a busy machine's hiccups are left out), and times an evaluation of them, at the
 smallest and the largest class count of the grid (the text side's cost grows with the classes; between the
 two it is interpolated linearly). A cell's estimate is then ``epochs x training images x training time per
 image`` plus its validation and test images at the evaluation time per image; the wall time divides the sum
-by the number of trials the cluster runs at once. It is an estimate: data loading from disk, stragglers and
-the start of each worker are not in it.
+by the number of trials the cluster runs at once. It is an estimate: data loading from disk, stragglers,
+the start of each worker and the DAPT-S mask jobs are not in it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from dapt_core.grid.methods import get_method
 
 log = logging.getLogger(__name__)
 
-CALIBRATION_EPOCHS = 2  # the first warms up (allocations, kernels), the second is timed
+CALIBRATION_EPOCHS = 3  # the first warms up (allocations, kernels); the fastest of the others is taken
+EVAL_REPEATS = 3  # evaluations timed after a warm-up one; the fastest is taken
 
 
 @dataclass(frozen=True)
@@ -103,8 +105,8 @@ def _synthetic_samples(folder: Path, count: int, n_classes: int, size: int):
 
 
 def time_method(cfg: GridConfig, method: str, n_classes: int) -> Timing:
-    """Trains ``method`` for two epochs on one batch of synthetic images of ``n_classes`` classes and times
-    the second epoch and an evaluation of the batch."""
+    """Trains ``method`` for a few epochs on one batch of synthetic images of ``n_classes`` classes and times
+    its fastest epoch after the first, and the fastest of a few evaluations of the batch."""
     import numpy as np
 
     from dapt_core.data.masks import InMemoryMasks
@@ -128,18 +130,23 @@ def time_method(cfg: GridConfig, method: str, n_classes: int) -> Timing:
         history = train_prompts(learner, samples, train_cfg, DaptConfig(cue=spec.cue, **cfg.dapt),
                                 masks=masks if spec.cue == "mask" else None, progress=False)
         evaluate(learner, samples, train_cfg.eval_batch_size)
-        started = time.perf_counter()
-        evaluate(learner, samples, train_cfg.eval_batch_size)
-        eval_seconds = (time.perf_counter() - started) / len(samples)
-    return Timing(n_classes, history[-1]["seconds"] / len(samples), eval_seconds)
+        evals = []
+        for _ in range(EVAL_REPEATS):
+            started = time.perf_counter()
+            evaluate(learner, samples, train_cfg.eval_batch_size)
+            evals.append(time.perf_counter() - started)
+    train_seconds = min(epoch["seconds"] for epoch in history[1:])
+    return Timing(n_classes, train_seconds / len(samples), min(evals) / len(samples))
 
 
-def calibrate(cfg: GridConfig, class_counts: list[int]) -> dict[str, list[Timing]]:
-    """Per method, timings at the smallest and the largest of ``class_counts``."""
+def calibrate(cfg: GridConfig, class_counts: list[int], threads: int = 1) -> dict[str, list[Timing]]:
+    """Per method, timings at the smallest and the largest of ``class_counts``, on ``threads`` threads."""
+    from dapt_core.grid.trial import with_threads
+
     points = sorted({min(class_counts), max(class_counts)})
     timings = {}
     for method in cfg.methods:
-        timings[method] = [time_method(cfg, method, n) for n in points]
+        timings[method] = [with_threads(lambda n: time_method(cfg, method, n), threads, n) for n in points]
         log.info("calibration %s: %s", method, timings[method])
     return timings
 
@@ -184,7 +191,7 @@ def estimate(cfg: GridConfig, cells: list[Cell], resources: TrialResources,
 
     sizes = cell_sizes(cells)
     counts = [s.n_classes for s in sizes.values()] + [k for s in sizes.values() for _, k in s.tests]
-    timings = calibrate(cfg, counts) if cells else {}
+    timings = calibrate(cfg, counts, max(1, int(resources.num_cpus))) if cells else {}
     epochs = TrainConfig(**cfg.train).epochs
     seconds = {c.key: cell_seconds(sizes[c.key], epochs, timings[c.method]) for c in cells}
     return Estimate(seconds, parallel_trials(resources, total), timings)
