@@ -7,8 +7,6 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", 
 MAX_IMAGE_PIXELS = 40_000_000  # width * height accepted by the image reader, checked before decoding
 MASK_THRESHOLD = 0.5  # a soft mask in [0, 1] is foreground at or above this value (8-bit: 128 and up)
 CAM_THRESHOLD = 0.5  # DAPT's coarse cue: foreground where CAM / max(CAM) reaches this (official code)
-# Names of dapt_core.attention.cam.CAM_METHODS, in its order, for whatever lists them without importing grad-cam
-CAM_METHOD_NAMES = ("gradcam", "gradcam++", "eigencam", "layercam")
 ZERO_SHOT_CONTEXT = "a photo of a"  # CLIP's prompt prefix; CoOp started from it and not trained is zero-shot CLIP
 # The official schedule switches after 7 of 10 epochs (Ferenas/DAPT trainers/maple.py: `epoch > 6`).
 OFFICIAL_EPOCHS = 10

@@ -80,10 +80,3 @@ def test_mask_cue_without_masks_is_a_clear_error(dataset, tmp_path, capsys):
                  "--data", f"imagefolder:{dataset / 'data'}", "--out", str(tmp_path / "x.safetensors")])
     assert code == 2 and "--masks" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()
-
-
-@pytest.mark.parametrize("command", ["train", "eval", "import-official", "weights"])
-def test_every_command_has_help(command, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main([command, "--help"])
-    assert exit_info.value.code == 0 and "usage" in capsys.readouterr().out

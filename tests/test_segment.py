@@ -323,11 +323,11 @@ def test_learner_context_gives_an_image_sized_cam_and_class_probabilities(tiny_b
 
 
 def test_masks_command_fills_the_folder_train_reads(tiny_backbone, tmp_path, capsys):
-    from dapt_core import cli_masks
+    from dapt_core.cli import masks as cli_masks
 
     samples, _ = _scene_folder(tmp_path / "data", n=6)
     parser = argparse.ArgumentParser()
-    cli_masks.add_commands(parser.add_subparsers(dest="command"))
+    cli_masks.add_parser(parser.add_subparsers(dest="command"))
     out = tmp_path / "masks"
     args = parser.parse_args(["masks", "--data", f"imagefolder:{tmp_path / 'data'}", "--out", str(out),
                               "--segmenter", "grabcut", "--backbone", "tiny-vit", "--device", "cpu"])

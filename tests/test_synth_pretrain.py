@@ -12,7 +12,7 @@ from dapt_core import paths
 from dapt_core.backbones import load_backbone
 import argparse
 
-from dapt_core import cli_synth
+from dapt_core.cli import synth as cli_synth
 from dapt_core.world import BACKGROUND_CLASSES, OBJECT_CLASSES
 from dapt_core.minclip.captions import PairBatch, class_captions, sample_batch, template_facts, true_of
 from dapt_core.minclip.config import PretrainConfig
@@ -23,7 +23,7 @@ from dapt_core.minclip.zeroshot import balanced_scenes, background_prompts, eval
 def run_cli(argv: list[str]) -> int:
     # only this module's commands: the test should not hang on other command modules
     parser = argparse.ArgumentParser()
-    cli_synth.add_commands(parser.add_subparsers(dest="command", required=True))
+    cli_synth.add_parser(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from dapt_core.cli import add_backbone_args
+from dapt_core.attention.descriptions import DEFAULT_METHOD
+from dapt_core.cli.common import CAM_METHOD_NAMES, add_backbone_args, load_backbone, print_json
 
 NO_SEGMENTER = "none"
 
 
-def add_commands(sub) -> None:
-    """Adds the ``analyze`` command to the ``python -m dapt_core`` parser."""
-    from dapt_core.attention.cam import CAM_METHODS
-
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Adds ``analyze`` to the ``python -m dapt_core`` parser."""
     p = sub.add_parser("analyze", help="compare the attention of prompt sets on one image; writes a figure",
                        description="Top-5 predictions, a class activation map per prompt set, the object's mask "
                                    "(from a segmenter or --mask) and how much of each map lies on the object. "
@@ -27,23 +25,24 @@ def add_commands(sub) -> None:
                    help="what finds the object: cam, grabcut, sam, or none (no numbers); default: %(default)s")
     p.add_argument("--mask", default=None, help="ground-truth foreground mask (image or .npy); wins over "
                                                 "--segmenter")
-    p.add_argument("--cam", choices=sorted(CAM_METHODS), default="gradcam", help="CAM method; default: %(default)s")
+    p.add_argument("--cam", choices=sorted(CAM_METHOD_NAMES), default=DEFAULT_METHOD,
+                   help="CAM method; default: %(default)s")
     p.add_argument("--classes", default=None,
                    help="file of class names (one per line or comma-separated); replaces every set's stored list")
     p.add_argument("--target", default=None, help="class every map explains (default: each set's prediction)")
     p.add_argument("--out", required=True, help="figure to write (.png)")
-    p.set_defaults(func=run_analyze)
+    p.set_defaults(func=run)
 
 
-def run_analyze(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Checks the cheap inputs, loads the models, writes the figure; prints one JSON line."""
     from dapt_core.analysis import analyze
-    from dapt_core.backbones import load_backbone
     from dapt_core.checkpoint import load_prompt_set, read_info
     from dapt_core.data.folders import read_class_list
-    from dapt_core.viz.figure import save_figure
-    from dapt_core.imageio import load_image
     from dapt_core.data.masks import read_mask_file
+    from dapt_core.imageio import load_image
     from dapt_core.segment import get_segmenter
+    from dapt_core.viz.figure import save_figure
 
     out = Path(args.out)
     if out.suffix.lower() != ".png":
@@ -58,13 +57,11 @@ def run_analyze(args: argparse.Namespace) -> int:
         # SAM runs on the same device as the backbone; the light segmenters take no device
         options = {"device": args.device} if args.segmenter == "sam" else {}
         segmenter = get_segmenter(args.segmenter, **options)
-    backbone = load_backbone(args.backbone or infos[0].meta["backbone"], weights_path=args.weights,
-                             device=args.device)
+    backbone = load_backbone(args, args.backbone or infos[0].meta["backbone"])
     learners = [load_prompt_set(info.path, backbone, classnames) for info in infos]
     result = analyze(image, learners, segmenter=segmenter, cam_method=args.cam, target=args.target, mask=mask)
     save_figure(result.figure(title=Path(args.image).name), out)
     summary = result.to_json()
-    line = {"image": str(args.image), "out": str(out), "backbone": backbone.name,
-            "prompt_sets": summary.pop("prompt_sets"), **summary}
-    print(json.dumps(line), flush=True)
+    print_json({"image": str(args.image), "out": str(out), "backbone": backbone.name,
+                "prompt_sets": summary.pop("prompt_sets"), **summary})
     return 0

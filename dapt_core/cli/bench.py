@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 from dapt_core import paths
-from dapt_core.cli import add_backbone_args
+from dapt_core.cli.common import DAPT_SCHEDULES, add_backbone_args, print_json
+from dapt_core.constants import OFFICIAL_EPOCHS, OFFICIAL_SWITCH_EPOCH
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +46,15 @@ def _name_list(text: str) -> tuple[str, ...]:
 def _add_training_args(p: argparse.ArgumentParser) -> None:
     add_backbone_args(p, "synth-mini")
     p.add_argument("--seed", type=int, default=1, help="first task/training seed; default: %(default)s")
-    p.add_argument("--epochs", type=int, default=10, help="training epochs (official: 10)")
+    p.add_argument("--epochs", type=int, default=OFFICIAL_EPOCHS, help=f"training epochs (official: {OFFICIAL_EPOCHS})")
     p.add_argument("--batch-size", type=int, default=4, help="official: 4")
     p.add_argument("--lr", type=float, default=0.0035, help="official: 0.0035")
-    p.add_argument("--schedule", choices=["official", "joint"], default="official",
+    p.add_argument("--schedule", choices=DAPT_SCHEDULES, default="official",
                    help="DAPT loss schedule: official (triplet first, alignment terms from the switch epoch) "
                         "or joint (all terms every epoch); default: %(default)s")
     p.add_argument("--switch-epoch", type=int, default=None,
-                   help="official schedule's switch epoch; default: round(0.7 * epochs), i.e. 7 of 10")
+                   help=f"official schedule's switch epoch; default: round({OFFICIAL_SWITCH_EPOCH / OFFICIAL_EPOCHS:g} "
+                        f"* epochs), i.e. {OFFICIAL_SWITCH_EPOCH} of {OFFICIAL_EPOCHS}")
     p.add_argument("--crop-min", type=float, default=1.0,
                    help="smallest area share of the random-resized training crop; default %(default)s = flips "
                         "only (CoOp uses 0.08; crops cut or stretch the shapes of the 64 px scenes)")
@@ -67,7 +69,7 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
                         "CPU more threads mostly add contention (20x slower steps measured on 2 busy cores)")
 
 
-def add_commands(sub) -> None:
+def add_parser(sub: argparse._SubParsersAction) -> None:
     """Adds ``bench`` and its sub-commands to the ``python -m dapt_core`` parser."""
     bench = sub.add_parser("bench", help="benchmarks on the synthetic world",
                            description="Benchmarks and bundled artefacts built on the synthetic world.")
@@ -142,7 +144,8 @@ def _log_run(record: dict) -> None:
 
 
 def run_bench_synth(args: argparse.Namespace) -> int:
-    from dapt_core.experiments.background_shift import full_config, quick_config, run_bench, summary_line
+    from dapt_core.experiments.background_shift import full_config, quick_config, run_bench
+    from dapt_core.experiments.background_shift_results import summary_line
     from dapt_core.experiments.background_shift_report import write_report
 
     options = _options(args)
@@ -163,7 +166,7 @@ def run_bench_synth(args: argparse.Namespace) -> int:
 
     result = run_bench(cfg, report=_log_run, on_task_done=write)
     # several shot counts: the last line reports the largest; the JSON file has them all
-    print(json.dumps(summary_line(result["summary"], max(cfg.shots))), flush=True)
+    print_json(summary_line(result["summary"], max(cfg.shots)))
     return 0
 
 
@@ -176,14 +179,14 @@ def _read_result(path: str) -> dict:
 
 
 def run_bench_merge(args: argparse.Namespace) -> int:
-    from dapt_core.experiments.background_shift import merge_results, summary_line
+    from dapt_core.experiments.background_shift_results import merge_results, summary_line
     from dapt_core.experiments.background_shift_report import write_report
 
     merged = merge_results([_read_result(path) for path in args.results])
     written = write_report(merged, args.out, args.name,
                            "python -m dapt_core bench synth-merge " + " ".join(map(shlex.quote, args.results)))
     log.info("wrote %s", ", ".join(str(p) for p in written.values()))
-    print(json.dumps(summary_line(merged["summary"], max(merged["config"]["shots"]))), flush=True)
+    print_json(summary_line(merged["summary"], max(merged["config"]["shots"])))
     return 0
 
 
@@ -198,7 +201,7 @@ def run_bench_prompts(args: argparse.Namespace) -> int:
     args.methods = methods
     cfg = BenchConfig(**_options(args), shots=(args.shots,), seeds=(args.seed,))
     written = train_prompt_sets(args.out, cfg, report=_log_run)
-    print(json.dumps({"out": str(Path(args.out)), "files": [p.name for p in written]}), flush=True)
+    print_json({"out": str(Path(args.out)), "files": [p.name for p in written]})
     return 0
 
 
@@ -206,13 +209,13 @@ def run_bench_examples(args: argparse.Namespace) -> int:
     from dapt_core.experiments.background_shift_report import write_examples
 
     records = write_examples(args.out, seed=args.seed)
-    print(json.dumps({"out": str(Path(args.out)), "examples": [r["file"] for r in records]}), flush=True)
+    print_json({"out": str(Path(args.out)), "examples": [r["file"] for r in records]})
     return 0
 
 
 def run_bench_readme(args: argparse.Namespace) -> int:
-    from dapt_core.fileio import write_bytes_atomic
     from dapt_core.experiments.background_shift_report import readme_block, replace_marked
+    from dapt_core.fileio import write_bytes_atomic
 
     result = _read_result(args.result)
     readme = Path(args.readme)

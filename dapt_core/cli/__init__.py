@@ -1,0 +1,55 @@
+"""``python -m dapt_core``: train, evaluate, import and analyse prompt sets from the command line.
+
+One module per sub-command, each with ``add_parser(subparsers)`` and the ``run`` function(s) it sets as
+``func``; :data:`COMMANDS` is the registry :func:`build_parser` builds from, so a new command is a new module
+and a new entry. Building the parser imports none of :data:`HEAVY_MODULES`: each command imports the library
+inside its ``run`` function, and the choices the parser offers come from light modules
+(:mod:`dapt_core.constants`, :mod:`dapt_core.cli.common`, :mod:`dapt_core.minclip.config`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from dapt_core.cli import analyze, bench, grid, import_official, masks, synth, train, weights
+from dapt_core.cli import eval as eval_command
+
+log = logging.getLogger("dapt_core")
+
+# The sub-command modules, in the order `--help` lists them.
+COMMANDS = (train, eval_command, import_official, weights, analyze, masks, synth, bench, grid)
+# Third-party modules that building the parser must not import (each takes from 0.1 s to seconds to load).
+HEAVY_MODULES = ("torch", "open_clip", "pytorch_grad_cam", "gradio", "matplotlib", "cv2", "PIL", "numpy",
+                 "safetensors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m dapt_core`` parser with every sub-command of :data:`COMMANDS`."""
+    parser = argparse.ArgumentParser(prog="python -m dapt_core", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parses ``argv`` (default: ``sys.argv[1:]``) and runs the command.
+
+    Returns:
+        The command's exit status; 2 (with ``error: ...`` on stderr) for a ValueError, FileNotFoundError or
+        KeyError, the errors bad input raises.
+    """
+    args = build_parser().parse_args(argv)
+    # open_clip logs its every step on the root logger: keep that at WARNING unless asked for debug output
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    log.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        log.debug("command failed", exc_info=True)
+        print(f"error: {err}", file=sys.stderr)
+        return 2

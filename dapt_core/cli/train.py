@@ -1,0 +1,145 @@
+"""``python -m dapt_core train``: tune a CoOp or MaPLe prompt set, optionally with DAPT, and save it."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from dapt_core.cli.common import (
+    DAPT_CUES,
+    DAPT_SCHEDULES,
+    DATA_HELP,
+    LEARNER_NAMES,
+    SUBSAMPLES,
+    add_backbone_args,
+    data_splits,
+    load_backbone,
+    print_json,
+)
+from dapt_core.backgrounds import VOCABULARIES
+from dapt_core.constants import OFFICIAL_EPOCHS, OFFICIAL_SWITCH_EPOCH, ZERO_SHOT_CONTEXT
+
+log = logging.getLogger(__name__)
+SELECT_METHODS = ("uniform", "herding", "kcenter", "uncertainty")  # dapt_core.selection.SELECT_METHODS
+SELECT_SCORES = ("entropy", "margin", "least_confidence")  # dapt_core.selection.UNCERTAINTY_SCORES
+MODEL_SELECTIONS = ("best_val", "last")  # dapt_core.train.SELECTIONS
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Adds ``train`` to the ``python -m dapt_core`` parser."""
+    p = sub.add_parser("train", help="tune a prompt set on a (few-shot) data set",
+                       description="Tune CoOp or MaPLe prompts, optionally with the DAPT objective, and save "
+                                   "them as a .safetensors prompt set. Re-running the same command resumes an "
+                                   "interrupted run.")
+    add_backbone_args(p)
+    p.add_argument("--learner", choices=LEARNER_NAMES, default="maple")
+    p.add_argument("--dapt", choices=DAPT_CUES, default="off",
+                   help="DAPT cue: off, gradcam (coarse, the model's own Grad-CAM), mask (fine, --masks)")
+    p.add_argument("--masks", default=None, help="mask folder mirroring the image tree (for --dapt mask)")
+    p.add_argument("--schedule", choices=DAPT_SCHEDULES, default="official",
+                   help="DAPT loss schedule: official (triplet, then the alignment terms from --switch-epoch, "
+                        "whatever --epochs is), scaled (that switch compressed to --epochs), joint (all at once)")
+    p.add_argument("--switch-epoch", type=int, default=None,
+                   help=f"official schedule: first epoch of the alignment terms (default {OFFICIAL_SWITCH_EPOCH})")
+    p.add_argument("--background-words", default="official",
+                   help=f"background vocabulary: a preset ({', '.join(VOCABULARIES)}) or a file of one word a "
+                        "line; default: %(default)s (the 32 words of the official code)")
+    p.add_argument("--selection", choices=MODEL_SELECTIONS, default="best_val",
+                   help="prompts to keep: best_val (the epoch of best validation accuracy, official; the last "
+                        "epoch when the data set has no validation split) or last")
+    p.add_argument("--restart", action="store_true",
+                   help="discard the state of an interrupted run at --out and start over")
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument("--subsample", choices=SUBSAMPLES, default="all",
+                   help="train on all classes or on the base half (base-to-novel)")
+    p.add_argument("--shots", type=int, default=16, help="images per class (0 = all)")
+    p.add_argument("--select-fraction", type=float, default=1.0,
+                   help="data-efficient setting: share of the training images kept (0.05..1; 1 = all)")
+    p.add_argument("--select-method", choices=SELECT_METHODS, default="uniform",
+                   help="how --select-fraction chooses (herding/kcenter: frozen image features; uncertainty: "
+                        "zero-shot prediction)")
+    p.add_argument("--select-score", choices=SELECT_SCORES, default="entropy", help="uncertainty's score")
+    p.add_argument("--select-global", action="store_true",
+                   help="select over the whole set, not per class (DeepCore balance=False)")
+    p.add_argument("--epochs", type=int, default=OFFICIAL_EPOCHS)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float, default=0.0035)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--n-ctx", type=int, default=None, help="context length (CoOp 16, MaPLe 2)")
+    p.add_argument("--ctx-init", default=None, help=f"initial context words (MaPLe: '{ZERO_SHOT_CONTEXT}')")
+    p.add_argument("--class-specific", action="store_true", help="CoOp: one context per class")
+    p.add_argument("--depth", type=int, default=None, help="MaPLe prompt depth J (default 9)")
+    p.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation after training")
+    p.add_argument("--out", required=True, help="prompt set to write (.safetensors)")
+    p.set_defaults(func=run)
+
+
+def _dapt_config(args: argparse.Namespace):
+    from dapt_core.backgrounds import resolve_background_words
+    from dapt_core.objective import DaptConfig
+
+    dapt_kwargs = {"cue": args.dapt, "schedule": args.schedule,
+                   "background_words": resolve_background_words(args.background_words)}
+    if args.switch_epoch is not None:
+        if args.schedule != "official":
+            raise ValueError(f"--switch-epoch sets the official schedule's switch; --schedule {args.schedule} "
+                             "has none of its own to set")
+        dapt_kwargs["switch_epoch"] = args.switch_epoch
+    return DaptConfig(**dapt_kwargs)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Trains, evaluates on the test split (unless ``--no-eval``), saves; prints one JSON line."""
+    from dapt_core.checkpoint import save_prompt_set
+    from dapt_core.data.folders import few_shot, image_root
+    from dapt_core.data.masks import MaskFolder
+    from dapt_core.learners import build_learner
+    from dapt_core.objective import unreached_terms
+    from dapt_core.train import (
+        TrainConfig, config_dict, evaluate, few_shot_validation, model_selection, seed_everything, train_prompts,
+    )
+
+    from dapt_core.selection import SelectionConfig, select_samples
+
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"--out must end in .safetensors, got {out}")
+    selection = SelectionConfig(fraction=args.select_fraction, method=args.select_method, seed=args.seed,
+                                per_class=not args.select_global, uncertainty=args.select_score)
+    # the training and DAPT settings check themselves before any data or model loads
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                      shots=args.shots, selection=args.selection)
+    dapt = _dapt_config(args)
+    splits = data_splits(args)
+    backbone = load_backbone(args)
+    masks = None
+    if args.dapt == "mask":
+        if not args.masks:
+            raise ValueError("--dapt mask needs --masks DIR (a mask file per training image)")
+        masks = MaskFolder(args.masks, image_root(splits))
+    options = {k: v for k, v in {"n_ctx": args.n_ctx, "ctx_init": args.ctx_init, "depth": args.depth,
+                                 "class_specific": args.class_specific or None}.items() if v is not None}
+    seed_everything(args.seed)
+    learner = build_learner(args.learner, backbone, splits.classnames, **options)
+    train = few_shot(splits.train, args.shots, args.seed)
+    train, data_selection = select_samples(train, selection, backbone=backbone, classnames=splits.classnames)
+    log.info("training %s (DAPT %s) on %d images of %d classes", args.learner, args.dapt, len(train),
+             splits.num_classes)
+    state = out.with_name(out.name + ".state.pt")
+    val = few_shot_validation(splits.val, args.shots, args.seed)
+    run_info = {"data": args.data, "subsample": args.subsample, "shots": args.shots, "masks": args.masks,
+                "select_fraction": args.select_fraction, "select_method": args.select_method}
+    history = train_prompts(learner, train, cfg, dapt, masks=masks, val_samples=val, state_path=state,
+                            restart=args.restart, run_info=run_info)
+    metrics = {}
+    if splits.test and not args.no_eval:
+        metrics = evaluate(learner, splits.test, progress=True)
+    train_meta = {**config_dict(cfg), "data": args.data, "subsample": args.subsample, "shots": args.shots,
+                  "data_selection": data_selection, "history": history, "n_val": len(val),
+                  "selected": model_selection(history, cfg.selection), "background_words": args.background_words,
+                  "unreached_terms": unreached_terms(dapt, cfg.epochs)}
+    save_prompt_set(learner, out, dapt=dapt if dapt.enabled else None, train_config=train_meta, metrics=metrics)
+    state.unlink(missing_ok=True)
+    print_json({"out": str(out), "learner": args.learner, "dapt": args.dapt, **metrics})
+    return 0
