@@ -106,3 +106,14 @@ def test_library_never_imports_gradio():
         names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         assert not any(n == "gradio" or n.startswith("gradio.") for n in names), path
+
+
+def test_public_api_names_resolve_to_their_modules():
+    import importlib
+
+    import dapt_core
+
+    for name, module in dapt_core._API.items():
+        assert getattr(dapt_core, name) is getattr(importlib.import_module(module), name), name
+    with pytest.raises(AttributeError, match="public API"):
+        dapt_core.no_such_name  # noqa: B018
