@@ -170,6 +170,13 @@ def test_cells_have_deterministic_folders_and_a_run_of_other_settings_is_refused
     assert cells[0].folder == str(tmp_path / "few_shot" / "eurosat" / "coop" / "2shot" / "seed1")
     finished, todo = plan(cells)
     assert finished == [] and len(todo) == len(cells)
+    # naming a default makes the same cell; DAPT settings are no part of a plain learner's cell
+    same = parse_config({**GRID, "data_root": grid_cfg.data_root, "train": {"epochs": 2, "lr": TrainConfig().lr},
+                         "dapt": {"margin": 2.0}})
+    pairs = list(zip(cells, expand(same, tmp_path)))
+    assert all(a.identity() == b.identity() for a, b in pairs if a.method == "coop")
+    assert [a.identity()["dapt"]["margin"] for a, _ in pairs if a.method != "coop"][0] != 2.0
+    assert all(b.identity()["dapt"]["margin"] == 2.0 for a, b in pairs if a.method != "coop")
     other = parse_config({**GRID, "data_root": grid_cfg.data_root, "train": {"epochs": 3}})
     run_cell(expand(other, tmp_path)[0])
     with pytest.raises(GridConfigError, match=r"coop/2shot/seed1: train\.epochs: 3 there, 2 now"):
@@ -369,3 +376,13 @@ def test_data_efficient_cells_train_on_the_selected_share(data_root, tmp_path):
     md = (tmp_path / "data_efficient" / RESULTS_MD).read_text()
     assert "| herding 0.5 |" in md and "| uniform 1 |" in md
     assert Image.open(tmp_path / "data_efficient" / "accuracy_vs_fraction.png").format == "PNG"
+
+
+def test_failed_masks_leave_their_dapt_s_cells_reported_and_the_others_run(data_root, tmp_path):
+    cfg = parse_config({**GRID, "data_root": str(data_root), "datasets": ["dtd"], "methods": ["coop", "maple+dapt-s"],
+                        "seeds": [1], "max_retries": 0,
+                        "masks": {"segmenter": "sam", "sam_checkpoint": str(tmp_path / "no-sam.pth")}})
+    report = run_grid(cfg, tmp_path, backend="sequential", progress=False)
+    assert report.ran == ["few_shot/dtd/coop/2shot/seed1"]
+    assert "no-sam.pth" in report.failed["masks/dtd"]
+    assert report.failed["few_shot/dtd/maple+dapt-s/2shot/seed1"] == "not run: the masks of dtd failed"

@@ -182,7 +182,10 @@ def notes(cfg: GridConfig, datasets: list[str]) -> list[str]:
     lines = [f"Mean ± std over seeds {', '.join(map(str, cfg.seeds))} (population std); {AVERAGE}: the mean "
              "over the data sets per seed, then mean ± std over the seeds every data set has; "
              f"{PARTIAL_MARK}: fewer seeds than configured; {MISSING}: no finished run."]
-    if cfg.setting == "base_to_novel":
+    if cfg.setting != "base_to_novel":
+        lines.append("No published figures beside these: only the paper's base-to-novel averages are "
+                     "transcribed (dapt_core/grid/published.py).")
+    else:
         lines.append("HM: harmonic mean of the mean base and mean novel accuracies.")
         lines.append(f"Published rows: {SOURCE} They are {CAVEAT}"
                      + ("." if len(datasets) == PUBLISHED_DATASETS

@@ -81,6 +81,31 @@ def _variant(shots: int, selection: str | None, fraction: float | None) -> str:
     return name if selection is None else f"{name}-{selection}-{fraction:g}"
 
 
+def normalised_settings(cfg: GridConfig) -> dict[str, Any]:
+    """The config's train, DAPT, learner and selection settings with every default filled in (and the
+    fields a cell sets itself left out), so that naming a default or not makes the same cell."""
+    from dataclasses import asdict
+
+    from dapt_core.grid.config import CELL_DAPT_FIELDS, CELL_TRAIN_FIELDS
+    from dapt_core.learners import LEARNERS
+    from dapt_core.objective import DaptConfig
+    from dapt_core.train import TrainConfig
+
+    def fields_of(obj, leave_out=()) -> dict:
+        return {k: v for k, v in asdict(obj).items() if k not in leave_out}
+
+    settings = {"train": fields_of(TrainConfig(**cfg.train), CELL_TRAIN_FIELDS),
+                "dapt": fields_of(DaptConfig(**cfg.dapt), CELL_DAPT_FIELDS),
+                "learner": {kind: fields_of(config_cls(**cfg.learner_options.get(kind, {})))
+                            for kind, (_, config_cls) in LEARNERS.items()},
+                "selection": {}}
+    if cfg.setting == "data_efficient":
+        from dapt_core.grid.selection import normalised_options
+
+        settings["selection"] = normalised_options(cfg.selection_options)
+    return settings
+
+
 def expand(cfg: GridConfig, out: str | Path) -> list[Cell]:
     """Every cell of the grid, data set by data set, with its folder under ``out``.
 
@@ -90,6 +115,7 @@ def expand(cfg: GridConfig, out: str | Path) -> list[Cell]:
     from dapt_core.grid.methods import get_method
 
     out = Path(out)
+    settings = normalised_settings(cfg)
     named = [dataset_spec(d, cfg.data_root) for d in cfg.datasets]
     names = [n for n, _ in named]
     if len(set(names)) != len(names):
@@ -101,16 +127,17 @@ def expand(cfg: GridConfig, out: str | Path) -> list[Cell]:
     for name, spec in named:
         for method in cfg.methods:
             learner = get_method(method).learner
+            dapt = settings["dapt"] if get_method(method).cue != "off" else {}  # a plain learner has no DAPT
             for shots in cfg.shots:
                 for selection, fraction in choices:
                     for seed in cfg.seeds:
                         folder = out / cfg.setting / name / method / _variant(shots, selection, fraction) / f"seed{seed}"
                         cells.append(Cell(
                             setting=cfg.setting, dataset=name, data=spec, method=method, shots=shots, seed=seed,
-                            folder=str(folder), backbone=cfg.backbone, train=dict(cfg.train), dapt=dict(cfg.dapt),
-                            learner_options=dict(cfg.learner_options.get(learner, {})),
+                            folder=str(folder), backbone=cfg.backbone, train=dict(settings["train"]),
+                            dapt=dict(dapt), learner_options=dict(settings["learner"][learner]),
                             fraction=None if fraction is None else float(fraction), selection=selection,
-                            selection_options=dict(cfg.selection_options) if efficient else {},
+                            selection_options=dict(settings["selection"]),
                             mask_dir=str(mask_root / name), weights=cfg.weights, device=cfg.device))
     return cells
 

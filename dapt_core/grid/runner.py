@@ -89,6 +89,20 @@ def _make_masks(cfg: GridConfig, todo: list[Cell], report: GridReport, run: Call
     return {key.split("/", 1)[1] for key in result.failed}
 
 
+def _train(todo: list[Cell], blocked: set[str], trial: Callable[[Cell], dict], report: GridReport,
+           run: Callable[..., RunReport]) -> None:
+    """Runs the cells to run, except the mask-cue cells of data sets whose masks failed (reported)."""
+    runnable = []
+    for cell in todo:
+        if cell.dataset in blocked and get_method(cell.method).cue == "mask":
+            report.failed[cell.key] = f"not run: the masks of {cell.dataset} failed"
+        else:
+            runnable.append(cell)
+    result = run(trial, {c.key: c for c in runnable}, desc="trials")
+    report.ran = sorted(result.results)
+    report.failed.update(result.failed)
+
+
 def run_grid(cfg: GridConfig, out: str | Path, *, backend: str = "ray", address: str | None = None,
              resources: TrialResources | None = None, max_retries: int | None = None,
              steps: tuple[str, ...] = STEPS, trial: Callable[[Cell], dict] = run_cell,
@@ -136,15 +150,7 @@ def run_grid(cfg: GridConfig, out: str | Path, *, backend: str = "ray", address:
         if "masks" in steps and cfg.needs_masks:
             blocked = _make_masks(cfg, todo, report, run)
         if "train" in steps:
-            runnable = []
-            for cell in todo:
-                if cell.dataset in blocked and get_method(cell.method).cue == "mask":
-                    report.failed[cell.key] = f"not run: the masks of {cell.dataset} failed"
-                else:
-                    runnable.append(cell)
-            result = run(trial, {c.key: c for c in runnable}, desc="trials")
-            report.ran = sorted(result.results)
-            report.failed.update(result.failed)
+            _train(todo, blocked, trial, report, run)
     if "aggregate" in steps:
         report.outputs = [str(p) for p in write_summary(cfg, cells, out)]
     report.seconds = round(time.perf_counter() - started, 3)

@@ -57,6 +57,14 @@ def check_selection(methods: list[str], fractions: list[float], options: dict) -
                 raise GridConfigError(f"grid config selection ({method}, {fraction}): {err}") from err
 
 
+def normalised_options(options: dict) -> dict:
+    """The config's selection options with every default filled in (the per-cell fields left out)."""
+    from dataclasses import asdict
+
+    cfg = _module().SelectionConfig(**options)
+    return {k: v for k, v in asdict(cfg).items() if k not in CELL_SELECTION_FIELDS}
+
+
 def select_training(samples: list[Sample], fraction: float, method: str, seed: int, options: dict,
                     learner: PromptLearner) -> tuple[list[Sample], dict]:
     """The share ``fraction`` of ``samples`` that ``method`` keeps, and the selection's record.
