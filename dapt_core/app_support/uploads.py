@@ -1,5 +1,5 @@
-"""Labelled images uploaded by visitors (a zip of class folders, or files with a class name), made into an
-image folder after checks on size, paths and content."""
+"""Files uploaded by visitors: where an upload lies and what the visitor called it, and labelled images (a zip
+of class folders, or files with a class name) made into an image folder after checks on size, paths and content."""
 
 from __future__ import annotations
 
