@@ -20,12 +20,12 @@ OFFICIAL_GENERAL_WORDS: tuple[str, ...] = (
 )
 OFFICIAL_FOOD_WORDS: tuple[str, ...] = ("table", "forks", "tablecloth", "hands", "spoon", "glasses", "dishes")
 OFFICIAL_BACKGROUNDS: tuple[str, ...] = OFFICIAL_GENERAL_WORDS + OFFICIAL_FOOD_WORDS  # all 32, every data set
-# The official slice keeps len(OFFICIAL_GENERAL_WORDS) rows from the end: the 25 words its loss really saw.
-GENERIC_BACKGROUNDS: tuple[str, ...] = OFFICIAL_BACKGROUNDS[-len(OFFICIAL_GENERAL_WORDS):]
+# The official code's own general-purpose list (its BACKGROUND_CATEGORY), without the food-scene words.
+GENERIC_BACKGROUNDS: tuple[str, ...] = OFFICIAL_GENERAL_WORDS
 
 VOCABULARIES: dict[str, tuple[str, ...]] = {
     "official": OFFICIAL_BACKGROUNDS,  # the 32 words the official code appends (the default)
-    "generic": GENERIC_BACKGROUNDS,  # the 25 words the official background loss actually saw
+    "generic": GENERIC_BACKGROUNDS,  # the official 25 general words (no food-scene words)
 }
 MIN_WORDS = 2  # a pseudo-label over one word makes the background loss identically zero
 
