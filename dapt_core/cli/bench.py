@@ -5,6 +5,7 @@
 - ``bench synth-prompts``: train the prompt sets bundled in ``checkpoints/prompts``.
 - ``bench synth-examples``: write the example images bundled in ``assets/examples``.
 - ``bench synth-readme``: copy a result's table into README.md between its markers.
+- ``bench attention``: attribution methods on conflicting scenes (:mod:`dapt_core.cli.bench_attention`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 
 from dapt_core import paths
+from dapt_core.cli.bench_attention import add_attention_parser
 from dapt_core.cli.common import DAPT_SCHEDULES, add_backbone_args, print_json
 from dapt_core.constants import OFFICIAL_EPOCHS, OFFICIAL_SWITCH_EPOCH
 
@@ -118,6 +120,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shots", type=int, default=None, help="shot count to show; default: the largest")
     p.add_argument("--readme", default=str(paths.PROJECT_DIR / "README.md"), help="file to update")
     p.set_defaults(func=run_bench_readme)
+
+    add_attention_parser(bsub)
 
 
 def _options(args: argparse.Namespace) -> dict:
