@@ -57,7 +57,7 @@ class OfficialObject:
 
     Attributes:
         official_name: ``module.qualname`` of the class the file named (never imported).
-        args: positional arguments the pickle passed when building it.
+        args: positional arguments the pickle passed when building it (``kwargs``: keyword ones).
         state: the state the pickle set on it (a scheduler's or optimizer's ``__dict__``), or None.
     """
 
