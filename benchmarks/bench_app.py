@@ -6,7 +6,8 @@ Usage: python3 benchmarks/bench_app.py [--reps 8] [--clients 4] [--per-client 3]
 For each backbone it starts ``python app.py --backbone NAME`` in a subprocess (offline, prompt sets in a temporary
 user folder), times the command until the page answers, then times ``/compare`` with two CoOp prompt sets
 through gradio_client: ``--reps`` calls one after another, then ``--clients`` clients at once. Peak memory is
-the server's peak resident set (``VmHWM``). One more start without ``--backbone`` times plain ``python app.py``.
+the server's peak resident set (``VmHWM``). A concurrent call that fails is counted (``failed``) and its error
+printed, not timed. One more start without ``--backbone`` times plain ``python app.py``.
 The bundled backbone uses its shipped prompt sets when there are two; otherwise, and for ``ViT-B-16-random``,
 two random CoOp sets are made for it first. Prints a table, then one JSON line.
 """
@@ -132,11 +133,17 @@ def _bench_backbone(backbone: str, image: str, args: argparse.Namespace) -> dict
             alone = [_compare_call(client, image, keys) for _ in range(args.reps)]
             clients = [Client(url, verbose=False) for _ in range(args.clients)]
             together: list[float] = []
+            failures: list[str] = []
             lock = threading.Lock()
 
             def visitor(c) -> None:
                 for _ in range(args.per_client):
-                    seconds = _compare_call(c, image, keys)
+                    try:
+                        seconds = _compare_call(c, image, keys)
+                    except Exception as err:  # counted and reported, so one failure hides no timings
+                        with lock:
+                            failures.append(f"{type(err).__name__}: {err}")
+                        continue
                     with lock:
                         together.append(seconds)
 
@@ -154,7 +161,8 @@ def _bench_backbone(backbone: str, image: str, args: argparse.Namespace) -> dict
             "p50_s": round(_percentile(alone, 50), 3), "p95_s": round(_percentile(alone, 95), 3),
             "concurrent_clients": args.clients, "concurrent_p50_s": round(_percentile(together, 50), 3),
             "concurrent_p95_s": round(_percentile(together, 95), 3),
-            "concurrent_throughput_per_s": round(len(together) / wall, 3), "peak_rss_mb": round(peak, 1)}
+            "concurrent_throughput_per_s": round(len(together) / wall, 3), "concurrent_failed": len(failures),
+            "concurrent_errors": sorted(set(failures)), "peak_rss_mb": round(peak, 1)}
 
 
 def main() -> None:
@@ -186,12 +194,15 @@ def main() -> None:
     print(f"python app.py (default backbone choice, offline): page up after {plain_startup:.1f} s, "
           f"peak RSS {plain_rss:.0f} MB")
     header = ("backbone", "start s", "p50 s", "p95 s", f"{args.clients}x p50 s", f"{args.clients}x p95 s",
-              "calls/s", "peak RSS MB")
+              "calls/s", "failed", "peak RSS MB")
     print(" | ".join(header))
     for r in rows:
         print(" | ".join(str(v) for v in (r["backbone"], r["startup_s"], r["p50_s"], r["p95_s"],
                                           r["concurrent_p50_s"], r["concurrent_p95_s"],
-                                          r["concurrent_throughput_per_s"], r["peak_rss_mb"])))
+                                          r["concurrent_throughput_per_s"], r["concurrent_failed"],
+                                          r["peak_rss_mb"])))
+        for error in r["concurrent_errors"]:
+            print(f"note: {r['backbone']}: a concurrent call failed: {error}")
     for note in notes:
         print("note:", note)
     print(json.dumps({"plain_startup_s": round(plain_startup, 2), "plain_peak_rss_mb": round(plain_rss, 1),

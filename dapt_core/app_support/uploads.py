@@ -73,6 +73,40 @@ def _check_classes(root: Path, what: str) -> None:
         raise UploadError(f"{what}: class {empty[0]!r} has no images")
 
 
+_Member = tuple[list[str], zipfile.ZipInfo | None]  # path parts in the image folder; None for a folder
+
+
+def _class_members(zf: zipfile.ZipFile, name: str, limits: UploadLimits) -> list[_Member]:
+    """The zip's folders and images, checked for unsafe paths, counts and sizes, with a single wrapping folder
+    stripped ("data/cat/1.png" -> "cat/1.png") so that ``parts[0]`` is the class of every image."""
+    members = []
+    for info in zf.infolist():
+        parts = [p for p in info.filename.replace("\\", "/").split("/") if p not in ("", ".")]
+        if not parts or info.filename.startswith("/") or ".." in parts:
+            raise UploadError(f"{name}: unsafe path {info.filename!r}")
+        if parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts):
+            continue
+        if info.is_dir():
+            members.append((parts, None))
+        elif Path(parts[-1]).suffix.lower() in IMAGE_EXTENSIONS:
+            members.append((parts, info))
+    images = [(p, i) for p, i in members if i is not None]
+    if not images:
+        raise UploadError(f"{name} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    if len(images) > limits.max_files:
+        raise UploadError(f"{name} holds {len(images)} images, over the limit of {limits.max_files}")
+    if sum(i.file_size for _, i in images) > limits.max_total_bytes:
+        raise UploadError(f"{name} unpacks to more than {limits.max_total_bytes // 2**20} MB")
+    while len({p[0] for p, _ in members}) == 1 and all(len(p) >= 3 for p, _ in images):
+        members = [(p[1:], i) for p, i in members if len(p) > 1]
+        images = [(p, i) for p, i in members if i is not None]
+    loose = [p for p, _ in images if len(p) < 2]
+    if loose:
+        raise UploadError(f"{name}: {'/'.join(loose[0])} is not inside a class folder; put the images of each "
+                          "class in a folder named after the class")
+    return members
+
+
 def extract_labelled_zip(archive: Path, dest: Path, limits: UploadLimits = UploadLimits()) -> Path:
     """Extracts a zip holding one folder of images per class (optionally inside one top folder) into ``dest``.
 
@@ -92,32 +126,7 @@ def extract_labelled_zip(archive: Path, dest: Path, limits: UploadLimits = Uploa
         raise UploadError(f"{archive.name} is not a zip file")
     try:
         with zipfile.ZipFile(archive) as zf:
-            members = []
-            for info in zf.infolist():
-                parts = [p for p in info.filename.replace("\\", "/").split("/") if p not in ("", ".")]
-                if not parts or info.filename.startswith("/") or ".." in parts:
-                    raise UploadError(f"{archive.name}: unsafe path {info.filename!r}")
-                if parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts):
-                    continue
-                if info.is_dir():
-                    members.append((parts, None))
-                elif Path(parts[-1]).suffix.lower() in IMAGE_EXTENSIONS:
-                    members.append((parts, info))
-            images = [(p, i) for p, i in members if i is not None]
-            if not images:
-                raise UploadError(f"{archive.name} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-            if len(images) > limits.max_files:
-                raise UploadError(f"{archive.name} holds {len(images)} images, over the limit of {limits.max_files}")
-            if sum(i.file_size for _, i in images) > limits.max_total_bytes:
-                raise UploadError(f"{archive.name} unpacks to more than {limits.max_total_bytes // 2**20} MB")
-            # strip a single wrapping folder ("data/cat/1.png" -> "cat/1.png")
-            while len({p[0] for p, _ in members}) == 1 and all(len(p) >= 3 for p, _ in images):
-                members = [(p[1:], i) for p, i in members if len(p) > 1]
-                images = [(p, i) for p, i in members if i is not None]
-            loose = [p for p, _ in images if len(p) < 2]
-            if loose:
-                raise UploadError(f"{archive.name}: {'/'.join(loose[0])} is not inside a class folder; put the "
-                                  "images of each class in a folder named after the class")
+            members = _class_members(zf, archive.name, limits)
             dest.mkdir(parents=True, exist_ok=True)
             for parts, info in members:
                 target = dest.joinpath(*parts) if info is not None else dest / parts[0]
