@@ -24,6 +24,7 @@ from PIL import Image
 
 from dapt_core.attention.metrics import MASK_THRESHOLD, as_mask, object_share, pointing_game
 from dapt_core.backbones import Backbone
+from dapt_core.errors import DaptError
 from dapt_core.imageio import DEFAULT_MAX_PIXELS, ImageSource, image_to_array, load_image
 from dapt_core.learners.base import PromptLearner
 from dapt_core.preprocess import to_model_input
@@ -43,7 +44,7 @@ LEARNER_LABELS = {"coop": "CoOp", "maple": "MaPLe"}
 JSON_DIGITS = 4  # decimals of probabilities, shares and seconds in the JSON summary
 
 
-class AnalysisError(ValueError):
+class AnalysisError(DaptError):
     """Prompt sets, a target class or a mask that cannot be analysed together."""
 
 

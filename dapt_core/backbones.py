@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from dapt_core import paths
+from dapt_core.errors import DaptError
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ OPENCLIP_PREFIX = "openclip:"
 RANDOM_INIT_SEED = 0  # weights of backbones without a weight file
 
 
-class BackboneError(ValueError):
+class BackboneError(DaptError):
     """A backbone name, weight file or device request that cannot be honoured."""
 
 

@@ -15,11 +15,13 @@ from pathlib import Path
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from dapt_core.errors import DaptError
 from dapt_core.fileio import atomic_path
 from dapt_core.backbones import Backbone
 from dapt_core.learners import build_learner
 from dapt_core.learners.base import PromptLearner
 from dapt_core.objective import DaptConfig
+from dapt_core.prompt_meta import metadata_problems
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +30,7 @@ FORMAT_VERSION = 1
 METADATA_KEY = "dapt_core"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(DaptError):
     """A prompt checkpoint that is unreadable, of another format, or made for another backbone."""
 
 
@@ -101,9 +103,15 @@ def read_info(path: str | Path) -> PromptSetInfo:
         meta = json.loads(raw)
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path.name}: its metadata is not valid JSON ({err})") from err
-    if meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
-        raise CheckpointError(f"{path.name}: format {meta.get('format')!r} version {meta.get('format_version')} "
-                              f"is not {FORMAT!r} version <= {FORMAT_VERSION}")
+    if isinstance(meta, dict) and meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path.name}: format {meta.get('format')!r} is not {FORMAT!r}; it is not a prompt "
+                              "set of this tool")
+    problems = metadata_problems(meta)
+    if problems:
+        raise CheckpointError(f"{path.name} has metadata that does not fit a prompt set: {'; '.join(problems)}")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{path.name}: format version {meta['format_version']} is newer than this tool's "
+                              f"({FORMAT_VERSION}); update dapt_core to read it")
     return PromptSetInfo(path, meta)
 
 
@@ -131,8 +139,15 @@ def load_prompt_set(path: str | Path, backbone: Backbone, classnames: list[str] 
     info = read_info(path)
     meta = info.meta
     check_compatible(meta, backbone, f"prompt set {info.path.name}")
-    learner = build_learner(meta["learner"], backbone, meta["classnames"], **meta["learner_options"])
-    tensors = load_file(str(info.path), device=str(backbone.device))
+    try:
+        learner = build_learner(meta["learner"], backbone, meta["classnames"], **meta["learner_options"])
+    except (ValueError, TypeError, RuntimeError) as err:  # fields of the right types, values it cannot use
+        raise CheckpointError(f"{info.path.name}: a {meta['learner']} learner cannot be built from its metadata "
+                              f"(learner_options {meta['learner_options']}): {err}") from err
+    try:
+        tensors = load_file(str(info.path), device=str(backbone.device))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{info.path.name}: its tensors cannot be read ({err})") from err
     expected = learner.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from dapt_core.constants import MAX_IMAGE_PIXELS
+from dapt_core.errors import DaptError
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 
 
-class ImageInputError(ValueError):
+class ImageInputError(DaptError):
     """An image could not be read; the message names the source and the reason."""
 
 

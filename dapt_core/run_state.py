@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import torch
 
 from dapt_core.data.records import Sample
+from dapt_core.errors import DaptError
 from dapt_core.fileio import atomic_path
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ NON_IDENTITY_FIELDS = ("eval_batch_size", "num_workers")
 MAX_SHOWN_CHARS = 60  # longest value a mismatch message quotes in full
 
 
-class RunMismatchError(ValueError):
+class RunMismatchError(DaptError):
     """A state file that belongs to another run (or to no known run); the message names what differs."""
 
 

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from dapt_core.data.records import Sample
+from dapt_core.errors import DaptError
 
 if TYPE_CHECKING:
     from dapt_core.backbones import Backbone
@@ -46,7 +47,7 @@ UNCERTAINTY_SCORES = ("entropy", "margin", "least_confidence")
 FRACTION_RANGE = (0.05, 1.0)  # the official ratios run from 0.05 to 1.0 (1.0 = no selection)
 
 
-class SelectionError(ValueError):
+class SelectionError(DaptError):
     """A selection setting out of range, or inputs that do not fit it."""
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import re
 import shutil
+import tempfile
 import uuid
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,8 +17,10 @@ from PIL import Image, UnidentifiedImageError
 
 from dapt_core.constants import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS
 from dapt_core.data.records import list_images
+from dapt_core.errors import DaptError
 
 NO_IMAGES_YET = "No images added yet."
+ENCRYPTED_FLAG = 0x1  # bit 0 of a zip member's general-purpose flags: the member is encrypted
 
 
 @dataclass
@@ -28,7 +32,7 @@ class UploadLimits:
     max_pixels: int = MAX_IMAGE_PIXELS  # width * height of one image: the reader's cap (decompression bombs)
 
 
-class UploadError(ValueError):
+class UploadError(DaptError):
     """An upload (zip, image set, prompt set) that cannot be used; the message says why, for the user."""
 
 
@@ -53,12 +57,18 @@ def slugify(text: str, default: str = "prompts") -> str:
 
 
 def _check_image(path: Path, label: str, limits: UploadLimits) -> None:
+    """Refuses a file that is not an image PIL reads; the message names ``label`` (never the server's path, which
+    PIL's own messages carry)."""
     try:
         with Image.open(path) as img:
             width, height = img.size
             img.verify()
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as err:
-        raise UploadError(f"{label} is not a readable image ({err})") from err
+    except UnidentifiedImageError as err:
+        raise UploadError(f"{label} is not a readable image (not a format it can read)") from err
+    except Image.DecompressionBombError as err:
+        raise UploadError(f"{label} is not a readable image (too many pixels: a decompression bomb?)") from err
+    except (OSError, SyntaxError, ValueError, EOFError, zlib.error) as err:
+        raise UploadError(f"{label} is not a readable image (truncated or corrupt: {type(err).__name__})") from err
     if width * height > limits.max_pixels:
         raise UploadError(f"{label} is {width}x{height} pixels, over the limit of {limits.max_pixels:,}")
 
@@ -119,30 +129,50 @@ def extract_labelled_zip(archive: Path, dest: Path, limits: UploadLimits = Uploa
         UploadError: not a zip, corrupt, too big, unsafe paths, images outside class folders, fewer than two
             classes, a class without images, or an unreadable image.
     """
-    archive = Path(archive)
+    archive, dest = Path(archive), Path(dest)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise ValueError(f"extract_labelled_zip needs a new or empty folder to extract into, got {dest}")
     if archive.stat().st_size > limits.max_zip_bytes:
         raise UploadError(f"{archive.name} is larger than {limits.max_zip_bytes // 2**20} MB")
     if not zipfile.is_zipfile(archive):
         raise UploadError(f"{archive.name} is not a zip file")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # unpacked beside dest and renamed onto it only when every check passed: a refused zip leaves nothing
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.unpacking-", dir=dest.parent))
+    try:
+        _unpack(archive, staging, limits)
+        _check_classes(staging, archive.name)
+        if dest.exists():
+            dest.rmdir()
+        staging.rename(dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return dest
+
+
+def _unpack(archive: Path, dest: Path, limits: UploadLimits) -> None:
+    """Writes the zip's class folders and images into ``dest``, checking each image as it lands."""
     try:
         with zipfile.ZipFile(archive) as zf:
-            members = _class_members(zf, archive.name, limits)
-            dest.mkdir(parents=True, exist_ok=True)
-            for parts, info in members:
+            for parts, info in _class_members(zf, archive.name, limits):
                 target = dest.joinpath(*parts) if info is not None else dest / parts[0]
                 if info is None:
                     target.mkdir(parents=True, exist_ok=True)
                     continue
                 if info.file_size > limits.max_file_bytes:
                     raise UploadError(f"{'/'.join(parts)} is larger than {limits.max_file_bytes // 2**20} MB")
+                if info.flag_bits & ENCRYPTED_FLAG:
+                    raise UploadError(f"{archive.name}: {'/'.join(parts)} is encrypted; upload a zip without a password")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(info) as src, open(target, "wb") as out:
                     shutil.copyfileobj(src, out)
                 _check_image(target, "/".join(parts), limits)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError) as err:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error, NotImplementedError) as err:
+        # the messages of these name members of the zip, never a path on the server
         raise UploadError(f"{archive.name} is a damaged zip file ({err})") from err
-    _check_classes(dest, archive.name)
-    return dest
+    except OSError as err:  # the server's disk (full, read-only): said without the server's path
+        raise UploadError(f"{archive.name} could not be unpacked on the server "
+                          f"({err.strerror or type(err).__name__})") from err
 
 
 def add_labelled_images(files: list[Path], classname: str, dest: Path, limits: UploadLimits = UploadLimits()) -> int:
@@ -162,9 +192,20 @@ def add_labelled_images(files: list[Path], classname: str, dest: Path, limits: U
             raise UploadError(f"{src.name} is larger than {limits.max_file_bytes // 2**20} MB")
         _check_image(src, src.name, limits)
     folder = dest / name
+    new_folder = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    for src in files:
-        shutil.copyfile(src, folder / f"{uuid.uuid4().hex[:8]}-{slugify(src.name, 'image')}")
+    copied: list[Path] = []
+    try:
+        for src in files:
+            copied.append(folder / f"{uuid.uuid4().hex[:8]}-{slugify(src.name, 'image')}")
+            shutil.copyfile(src, copied[-1])
+    except OSError as err:  # the server's disk: take back this call's copies, say so without the server's path
+        for path in copied:
+            path.unlink(missing_ok=True)
+        if new_folder:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise UploadError(f"the images could not be stored on the server ({err.strerror or type(err).__name__})") \
+            from err
     return len(files)
 
 

@@ -26,10 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dapt_core.errors import DaptError
 from dapt_core.learners.base import PromptLearner
 
 
-class AttentionCaptureError(ValueError):
+class AttentionCaptureError(DaptError):
     """An image tower whose attention cannot be captured (not open_clip's batch-first self-attention)."""
 
 

@@ -15,6 +15,7 @@ import sys
 
 from dapt_core.cli import analyze, bench, grid, import_official, masks, synth, train, weights
 from dapt_core.cli import eval as eval_command
+from dapt_core.errors import DaptError, os_error_message
 
 log = logging.getLogger("dapt_core")
 
@@ -39,8 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     """Parses ``argv`` (default: ``sys.argv[1:]``) and runs the command.
 
     Returns:
-        The command's exit status; 2 (with ``error: ...`` on stderr) for a ValueError, FileNotFoundError or
-        KeyError, the errors bad input raises.
+        The command's exit status: 2 for bad input (a :class:`~dapt_core.errors.DaptError`, or the ValueError,
+        FileNotFoundError or KeyError of a setting checked outside the library), 1 for a file the system
+        would not read or write (disk full, permission denied); either with one ``error: ...`` line on stderr
+        and no traceback (``-v`` logs it). Any other exception is a fault of the program and keeps its
+        traceback.
     """
     args = build_parser().parse_args(argv)
     # open_clip logs its every step on the root logger: keep that at WARNING unless asked for debug output
@@ -49,7 +53,20 @@ def main(argv: list[str] | None = None) -> int:
     log.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        log.debug("command failed", exc_info=True)
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (DaptError, ValueError, FileNotFoundError, KeyError) as err:
+        return _refuse(err, 2)
+    except OSError as err:
+        return _refuse(err, 1)
+
+
+def _refuse(err: Exception, status: int) -> int:
+    """Prints ``err`` as one ``error: ...`` line on stderr (the traceback only at debug level); returns ``status``."""
+    log.debug("command failed", exc_info=True)
+    if isinstance(err, KeyError) and err.args:
+        message = str(err.args[0])
+    elif isinstance(err, OSError) and not isinstance(err, DaptError) and err.strerror:
+        message = os_error_message(err)
+    else:
+        message = str(err) or type(err).__name__
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    return status

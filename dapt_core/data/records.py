@@ -10,12 +10,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dapt_core.constants import IMAGE_EXTENSIONS
+from dapt_core.errors import DaptError
 
 SPLIT_DIRS = ("train", "val", "test")
 MASK_RANGE_TOLERANCE = 1e-3  # float masks may overshoot [0, 1] by rounding; more means a wrong scale
 
 
-class DataError(ValueError):
+class DataError(DaptError):
     """A data set, split, spec or mask that cannot be used; the message names the path and the reason."""
 
 

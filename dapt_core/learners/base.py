@@ -10,9 +10,10 @@ from torch import nn
 
 from dapt_core.backbones import Backbone
 from dapt_core.encoders import encode_text_embeddings, normalize
+from dapt_core.errors import DaptError
 
 
-class PromptError(ValueError):
+class PromptError(DaptError):
     """A class list or prompt configuration the learner cannot use."""
 
 

@@ -16,13 +16,14 @@ import cv2
 import numpy as np
 
 from dapt_core.attention.metrics import as_cam
+from dapt_core.errors import DaptError
 
 log = logging.getLogger(__name__)
 
 ScoreMasks = Callable[[list[np.ndarray]], list[float]]
 
 
-class SegmentationError(ValueError):
+class SegmentationError(DaptError):
     """A segmenter cannot work on what it was given; the message names the argument and the reason."""
 
 

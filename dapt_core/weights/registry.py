@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from dapt_core.errors import DaptError
+
 __all__ = ["UnknownWeightsError", "WeightSpec", "get_weight_spec", "list_weights", "register_weights"]
 
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
@@ -18,7 +20,7 @@ _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _REGISTRY: dict[str, WeightSpec] = {}
 
 
-class UnknownWeightsError(ValueError):
+class UnknownWeightsError(DaptError):
     """A registry name that was never registered; the message lists the registered names."""
 
 

@@ -18,6 +18,7 @@ from huggingface_hub import constants as hf_constants
 from tqdm.auto import tqdm
 
 from dapt_core import paths
+from dapt_core.errors import DaptError
 from dapt_core.fileio import atomic_path
 from dapt_core.weights.online import is_online
 from dapt_core.weights.registry import WeightSpec, get_weight_spec
@@ -32,11 +33,11 @@ DOWNLOAD_CHUNK_BYTES = 1 << 20  # read size while streaming and hashing a downlo
 _FETCH_COMMAND = "python -m dapt_core weights fetch {name}"
 
 
-class WeightsNotFoundError(FileNotFoundError):
+class WeightsNotFoundError(DaptError, FileNotFoundError):
     """A weight file is neither given, nor on disk, nor downloadable; the message says how to fetch it."""
 
 
-class WeightsIntegrityError(ValueError):
+class WeightsIntegrityError(DaptError):
     """A downloaded file's sha256 differs from the registered digest (the file is discarded)."""
 
 

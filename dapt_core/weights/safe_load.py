@@ -7,10 +7,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from dapt_core.errors import DaptError
+
 __all__ = ["UnsafeCheckpointError", "safe_torch_load"]
 
 
-class UnsafeCheckpointError(ValueError):
+class UnsafeCheckpointError(DaptError):
     """A checkpoint holds pickled objects other than tensors and plain containers, so it is not loaded."""
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from dapt_core.errors import DaptError
+
 # Fractional bits for cv2.fillPoly: vertices land on a 1/16 pixel grid, so small shapes keep their form.
 _SUBPIXEL_BITS = 4
 _SUBPIXEL_SCALE = float(1 << _SUBPIXEL_BITS)
@@ -21,7 +23,7 @@ _SUBPIXEL_SCALE = float(1 << _SUBPIXEL_BITS)
 _ROUND_VERTICES = 48
 
 
-class UnknownClassError(ValueError):
+class UnknownClassError(DaptError):
     """An object or background name that the synthetic world does not define."""
 
 
