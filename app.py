@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 import gradio as gr
 
 from dapt_core import app_support as support
-from dapt_core.attention.cam import CAM_METHODS
+from dapt_core.attention.descriptions import best_measured_method, method_choices
 from dapt_core.backbones import Backbone
 from dapt_core.learners import list_learners
 from dapt_core.objective import CUES
@@ -173,7 +173,8 @@ def _compare_tab(h: Handlers, listed: support.CatalogView, device: str) -> gr.Ch
             with gr.Accordion("Options", open=False):
                 segmenter = gr.Radio(h.segmenters.choices(), value="cam", label="Foreground segmenter")
                 seg_note = gr.Markdown(h.segmenters.note("cam"))
-                cam_method = gr.Radio(list(CAM_METHODS), value="gradcam", label="CAM method")
+                cam_method = gr.Dropdown(method_choices(), value=best_measured_method(), label="Attribution method",
+                                         info="default: the best pointing game measured (docs/results)")
                 target = gr.Textbox("", label="Explain class", placeholder="empty: each set's top prediction")
             run = gr.Button("Compare", variant="primary", elem_id="compare-run")
         with gr.Column(scale=2):

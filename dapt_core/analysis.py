@@ -83,13 +83,15 @@ class AnalysisResult:
         return "segmenter" if self.segmentation is not None else "given"
 
     def figure(self, title: str | None = None) -> Figure:
-        """The side-by-side comparison (:func:`dapt_core.viz.figure.comparison_figure`)."""
+        """The side-by-side comparison (:func:`dapt_core.viz.figure.comparison_figure`); its title names the
+        attribution method of the maps."""
         from dapt_core.viz.figure import PanelResult, comparison_figure
 
         panels = [PanelResult(r.name if r.name == r.label else f"{r.name}\n{r.label}", r.cam, r.top5,
                               r.object_share, r.pointing_hit) for r in self.results]
         source = self.segmentation.segmenter if self.segmentation is not None else self.mask_source
-        return comparison_figure(self.image, self.mask, panels, title=title, segmenter=source)
+        heading = f"{title} ({self.cam_method} maps)" if title else f"{self.cam_method} maps"
+        return comparison_figure(self.image, self.mask, panels, title=heading, segmenter=source)
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON-able summary: per prompt set top-5, target, share and pointing hit; segmenter; timings."""
