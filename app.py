@@ -16,13 +16,21 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import gradio as gr
+from dapt_core.space import prepare_space
 
-from dapt_core import app_support as support
-from dapt_core.attention.descriptions import best_measured_method, method_choices
-from dapt_core.backbones import Backbone
-from dapt_core.learners import list_learners
-from dapt_core.objective import CUES
+# First of all: on a Hugging Face Space, visitors' prompt sets and the weights cache go to its persistent
+# storage (variables that gradio's and the library's imports read) and ZeroGPU's package is imported early.
+SPACE = prepare_space()
+
+import gradio as gr  # noqa: E402
+
+from dapt_core import app_support as support  # noqa: E402
+from dapt_core.app_support import zerogpu  # noqa: E402
+from dapt_core.app_support.training import MAX_EPOCHS  # noqa: E402
+from dapt_core.attention.descriptions import best_measured_method, method_choices  # noqa: E402
+from dapt_core.backbones import Backbone  # noqa: E402
+from dapt_core.learners import list_learners  # noqa: E402
+from dapt_core.objective import CUES  # noqa: E402
 
 log = logging.getLogger("dapt_app")
 
@@ -43,6 +51,11 @@ TRAIN_WATCHERS = 8  # visitors whose training progress streams at once (one job 
 PROGRESS_INTERVAL_S = 0.5  # how often a training watcher redraws
 QUEUE_MAX_SIZE = 64  # requests waiting in Gradio's queue before new ones are turned away
 GRADIO_CACHE_S = (3600, 6 * 3600)  # Gradio's copies of uploads: checked hourly, deleted after six hours
+# ZeroGPU: seconds of GPU a call asks for (a call is refused when the visitor's quota is below it: ask for what
+# the work needs). Training asks for a fixed part plus a part per epoch.
+COMPARE_GPU_S = 60
+UPLOAD_GPU_S = 20
+TRAIN_GPU_BASE_S, TRAIN_GPU_S_PER_EPOCH = 30, 10
 SOURCES = [("the synthetic shapes task (exact masks)", "synthetic"), ("a zip with one folder per class", "zip"),
            ("images added below, class by class", "images")]
 
@@ -77,6 +90,16 @@ def _guard(fn: Callable) -> Callable:
     return call
 
 
+def _train_gpu_seconds(source: str, zip_file: Any, learner: str, cue: str, shots: float, epochs: float,
+                       *rest: Any) -> float:
+    """The GPU seconds a training call asks ZeroGPU for (its arguments are the train handler's)."""
+    try:
+        n = min(max(int(float(epochs)), 1), MAX_EPOCHS)
+    except (TypeError, ValueError, OverflowError):  # the handler refuses it with a message of its own
+        n = 1
+    return TRAIN_GPU_BASE_S + TRAIN_GPU_S_PER_EPOCH * n
+
+
 def _owner(request: gr.Request) -> str:
     """The visitor's session: whose training jobs a cancel stops."""
     return getattr(request, "session_hash", None) or "anonymous"
@@ -94,6 +117,10 @@ class Handlers:
         self.comparer = support.Comparer(catalog, self.segmenters, examples, self.files, limits)
         self.trainer = support.TrainingService(backbone, catalog, self.files, max_waiting=TRAIN_WATCHERS,
                                                redraw_s=PROGRESS_INTERVAL_S)
+        # on ZeroGPU a GPU is attached only inside these calls (unchanged without the spaces package)
+        self.compare = zerogpu.gpu(COMPARE_GPU_S)(self.compare)
+        self.train = zerogpu.gpu(_train_gpu_seconds)(self.train)
+        self.upload_prompt_set = zerogpu.gpu(UPLOAD_GPU_S)(self.upload_prompt_set)
 
     def suggest_segmenter(self, image: Any, segmenter: str) -> str:
         return self.comparer.suggest_segmenter(image, segmenter)
@@ -123,6 +150,7 @@ class Handlers:
     def train(self, source: str, zip_file: Any, learner: str, cue: str, shots: float, epochs: float, name: str,
               seed: float, folder: str | None, request: gr.Request) -> Iterator[support.TrainProgress]:
         """Queues a training job and streams its place in line, progress, losses and the saved prompt set."""
+        self.catalog.check_room()  # a full user folder is said before the training, not after it
         job = self.trainer.submit(_owner(request), source, support.upload_path(zip_file), learner, cue, shots,
                                   epochs, name, seed, Path(folder) if folder else None)
         yield from self.trainer.watch(job)
@@ -314,9 +342,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args()
-    if os.environ.get("SPACE_ID"):
-        log.info("running on the Hugging Face Space %s: the real weights are fetched if needed",
-                 os.environ["SPACE_ID"])
+    if SPACE.on_space:
+        log.info("%s; the real weights are fetched if needed", SPACE.describe())
     choice = support.choose_backbone(args.backbone, device=args.device)  # the model, loaded once for everyone
     app = build_app(choice.backbone, banner=choice.banner, error=choice.error)
     launch(app, host=args.host, port=args.port, share=args.share)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -12,13 +13,19 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from dapt_core.app_support.startup import BUNDLED_PROMPT_DIR, LEARNER_CACHE_SIZE, USER_PROMPT_DIR, TempFiles
+from dapt_core.app_support.startup import (
+    BUNDLED_PROMPT_DIR, LEARNER_CACHE_SIZE, USER_PROMPT_DIR, USER_PROMPT_MAX_BYTES, USER_PROMPT_MAX_SETS, TempFiles,
+)
 from dapt_core.app_support.uploads import UploadError, slugify
 from dapt_core.backbones import Backbone
 from dapt_core.checkpoint import CheckpointError, PromptSetInfo, list_prompt_sets, load_prompt_set
 from dapt_core.learners.base import PromptLearner
 
 log = logging.getLogger(__name__)
+
+
+class UserFolderFullError(UploadError):
+    """The user folder holds as many prompt sets, or as many bytes, as it may; nothing was added or deleted."""
 
 
 @dataclass
@@ -69,10 +76,12 @@ class PromptCatalog:
     calls that need different classes."""
 
     def __init__(self, backbone: Backbone, bundled_dir: Path = BUNDLED_PROMPT_DIR,
-                 user_dir: Path = USER_PROMPT_DIR, cache_size: int = LEARNER_CACHE_SIZE) -> None:
+                 user_dir: Path = USER_PROMPT_DIR, cache_size: int = LEARNER_CACHE_SIZE,
+                 max_user_sets: int = USER_PROMPT_MAX_SETS, max_user_bytes: int = USER_PROMPT_MAX_BYTES) -> None:
         self.backbone = backbone
         self.folders = {"bundled": Path(bundled_dir), "user": Path(user_dir)}
         self.cache_size = cache_size
+        self.max_user_sets, self.max_user_bytes = max_user_sets, max_user_bytes
         self._cache: OrderedDict[tuple, PromptLearner] = OrderedDict()
         self._lock = threading.Lock()
         self.write_lock = threading.Lock()  # choosing a new file name and writing it happen together
@@ -149,8 +158,37 @@ class PromptCatalog:
                 self._cache.popitem(last=False)
         return learner
 
-    def unique_user_path(self, stem: str) -> Path:
-        """A free ``<user_dir>/<stem>[-N].safetensors``; call with :attr:`write_lock` held."""
+    def check_room(self, incoming_bytes: int = 0) -> None:
+        """Refuses a new prompt set of ``incoming_bytes`` when the user folder is at its limits.
+
+        Raises:
+            UserFolderFullError: it holds ``max_user_sets`` sets, or the new one would take it past
+                ``max_user_bytes``. Nothing is deleted to make room.
+        """
+        sizes = []
+        for path in self.user_dir.glob("*.safetensors") if self.user_dir.is_dir() else []:
+            try:
+                sizes.append(path.stat().st_size)
+            except OSError:  # removed meanwhile
+                continue
+        total = sum(sizes) + incoming_bytes
+        if len(sizes) >= self.max_user_sets:
+            full = f"holds {len(sizes)} prompt sets, its limit"
+        elif total > self.max_user_bytes:
+            full = f"would hold {_size(total)}, over its limit of {_size(self.max_user_bytes)}"
+        else:
+            return
+        raise UserFolderFullError(f"The folder of saved prompt sets {full}: nothing was saved, and no set is "
+                                  "deleted to make room. The server's owner can remove sets no longer needed.")
+
+    def unique_user_path(self, stem: str, incoming_bytes: int = 0) -> Path:
+        """A free ``<user_dir>/<stem>[-N].safetensors`` for a set of ``incoming_bytes``; call with
+        :attr:`write_lock` held.
+
+        Raises:
+            UserFolderFullError: the user folder is at its limits (see :meth:`check_room`).
+        """
+        self.check_room(incoming_bytes)
         stem = slugify(stem)
         candidate = self.user_dir / f"{stem}.safetensors"
         n = 1
@@ -168,6 +206,7 @@ class PromptCatalog:
         """
         if Path(filename).suffix.lower() != ".safetensors":
             raise UploadError(f"{filename}: prompt sets are .safetensors files")
+        self.check_room(Path(upload).stat().st_size)  # before the copy and the checks
         staged = Path(tempfile.mkdtemp(prefix="dapt-upload-")) / f"{slugify(Path(filename).stem)}.safetensors"
         try:
             shutil.copyfile(upload, staged)
@@ -177,17 +216,25 @@ class PromptCatalog:
                 raise UploadError(f"{filename} was refused: {err}") from err
             self.user_dir.mkdir(parents=True, exist_ok=True)
             with self.write_lock:
-                target = self.unique_user_path(staged.stem)
+                target = self.unique_user_path(staged.stem, staged.stat().st_size)
                 tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-                shutil.copyfile(staged, tmp)
                 try:
+                    shutil.copyfile(staged, tmp)
                     os.link(tmp, target)  # fails rather than replace a file that appeared meanwhile
+                except OSError as err:
+                    if err.errno != errno.ENOSPC:
+                        raise
+                    raise UploadError(f"{filename} was not added: the server's disk is full") from err
                 finally:
                     tmp.unlink(missing_ok=True)
         finally:
             shutil.rmtree(staged.parent, ignore_errors=True)
         log.info("installed uploaded prompt set %s as %s", filename, target)
         return self.get(f"user/{target.stem}")
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / 2**20:.1f} MB" if n_bytes >= 2**20 else f"{n_bytes / 2**10:.1f} KB"
 
 
 def install_note(entry: CatalogEntry) -> str:

@@ -38,6 +38,10 @@ EXAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 EXAMPLE_MANIFEST = "examples.json"
 MASK_SUFFIX = "_mask"  # mask files beside example images are not examples themselves
 LEARNER_CACHE_SIZE = 8  # prompt sets kept built in memory; each is small next to the backbone
+# what the user folder (uploads and the app's training runs) may hold; a set beyond either is refused, none is
+# deleted to make room. A ViT-B/16 MaPLe set is ~14 MB, a CoOp set ~40 KB.
+USER_PROMPT_MAX_SETS = 200
+USER_PROMPT_MAX_BYTES = 2 * 2**30
 TEMP_MAX_AGE_S = 6 * 3600.0  # visitors' temporary files (figures, uploads, downloads) are kept this long
 
 

@@ -19,7 +19,9 @@ from dapt_core.data.records import Sample
 from dapt_core.learners import build_learner, list_learners
 from dapt_core.data.masks import MaskFolder
 from dapt_core.objective import CUES, DaptConfig, scaled_switch_epoch
-from dapt_core.train import StepReport, TrainConfig, config_dict, evaluate, model_selection, train_prompts
+from dapt_core.train import (
+    StepReport, TrainConfig, config_dict, evaluate, model_selection, seed_everything, train_prompts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +135,7 @@ def run_training(req: TrainRequest, backbone: Backbone, catalog: PromptCatalog, 
         classnames, train, masks, tests, note = _synthetic_data(req, workdir)
     else:
         classnames, train, masks, tests, note = _folder_data(req)
+    seed_everything(req.seed)  # the prompts' initial values too: the same request trains the same prompt set
     learner = build_learner(req.learner, backbone, classnames)
     cfg = TrainConfig(epochs=int(req.epochs), seed=req.seed, **req.train)
     dapt = dapt_config(req.cue, cfg.epochs)
