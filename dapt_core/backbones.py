@@ -7,6 +7,7 @@ that says where the file comes from. Any other open_clip pair can be named as ``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -218,7 +219,7 @@ def load_backbone(name: str = "ViT-B-16", *, weights_path: str | Path | None = N
 
     # random-init backbones are seeded so that a name always means the same weights: a prompt set trained
     # on "tiny-vit" in one process still fits "tiny-vit" in the next
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), _weight_errors(resolved, name):
         torch.manual_seed(RANDOM_INIT_SEED)
         model = open_clip.create_model(spec.model_name, pretrained=str(resolved) if resolved else None,
                                        device=device)
@@ -231,6 +232,17 @@ def load_backbone(name: str = "ViT-B-16", *, weights_path: str | Path | None = N
     return Backbone(spec=spec, model=model, tokenizer=open_clip.get_tokenizer(spec.model_name), image_size=int(size),
                     mean=tuple(pp.get("mean", open_clip.OPENAI_DATASET_MEAN)),
                     std=tuple(pp.get("std", open_clip.OPENAI_DATASET_STD)), weights_path=resolved)
+
+
+def _weight_errors(resolved: Path | None, name: str) -> contextlib.AbstractContextManager:
+    """Refuses a weight file that is none (text, a pickle named .safetensors, ...) before open_clip reads it, and
+    turns what open_clip raises on a damaged file or another model's weights into the same clear errors."""
+    if resolved is None:
+        return contextlib.nullcontext()
+    from dapt_core import weights
+
+    weights.check_weight_file(resolved, f"weights file of backbone {name!r}")
+    return weights.weight_load_errors(resolved, f"weights file of backbone {name!r}")
 
 
 def _resolve_openclip_tag(spec: BackboneSpec, download: bool) -> Path:

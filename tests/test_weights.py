@@ -85,7 +85,37 @@ def test_registry_lists_the_builtin_weights() -> None:
     assert (clip.hf_repo, clip.filename) == ("timm/vit_base_patch16_clip_224.openai", "open_clip_model.safetensors")
     sam_h = weights.get_weight_spec("sam-vit-h")
     assert sam_h.url is not None and sam_h.url.endswith("/sam_vit_h_4b8939.pth")
-    assert all(spec.sha256 is None for spec in weights.list_weights())
+    # Meta's SAM downloads have published digests (see registry._SAM_SHA256); the others have none pinned
+    pinned = {spec.name for spec in weights.list_weights() if spec.sha256 is not None}
+    assert {"sam-vit-b", "sam-vit-l", "sam-vit-h"} <= pinned and "clip-vit-b-16-openai" not in pinned
+    assert len({weights.get_weight_spec(n).sha256 for n in pinned}) == len(pinned)  # one digest per file
+    assert all(weights.get_weight_spec(n).path_option == "--sam-checkpoint" for n in pinned if "sam" in n)
+
+
+def test_offline_sam_names_its_own_option(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("dapt_core.weights.resolve.is_online", lambda *args, **kwargs: False)
+    with pytest.raises(WeightsNotFoundError) as info:
+        weights.resolve_weights("sam-vit-b")
+    assert "--sam-checkpoint" in str(info.value) and "--weights" not in str(info.value)
+
+
+def test_a_registered_digest_is_checked_on_a_hub_download(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr("dapt_core.weights.resolve.is_online", lambda *args, **kwargs: True)
+    downloaded = tmp_path / "hub" / "w.safetensors"
+
+    def fake_download(**kwargs: object) -> str:
+        downloaded.parent.mkdir(exist_ok=True)
+        downloaded.write_bytes(PAYLOAD)
+        return str(downloaded)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
+    for name, digest in (("hub-good", hashlib.sha256(PAYLOAD).hexdigest()), ("hub-bad", "0" * 64)):
+        weights.register_weights(WeightSpec(name=name, filename="w.safetensors", hf_repo="org/repo", url=None,
+                                            sha256=digest, size_mb=None, description="test"))
+    assert weights.fetch_weights("hub-good") == downloaded and downloaded.read_bytes() == PAYLOAD
+    with pytest.raises(WeightsIntegrityError, match="sha256.*discarded"):
+        weights.fetch_weights("hub-bad")
+    assert not downloaded.exists()
 
 
 def test_unknown_name_lists_registered_names() -> None:

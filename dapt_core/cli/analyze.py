@@ -23,6 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_backbone_args(p, None, "backbone name; default: the first prompt set's")
     p.add_argument("--segmenter", default="cam",
                    help="what finds the object: cam, grabcut, sam, or none (no numbers); default: %(default)s")
+    p.add_argument("--sam-checkpoint", default=None, help="explicit SAM weight file (for --segmenter sam)")
     p.add_argument("--mask", default=None, help="ground-truth foreground mask (image or .npy); wins over "
                                                 "--segmenter")
     p.add_argument("--cam", choices=sorted(CAM_METHOD_NAMES), default=DEFAULT_METHOD,
@@ -55,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     segmenter = None
     if args.segmenter != NO_SEGMENTER and mask is None:
         # SAM runs on the same device as the backbone; the light segmenters take no device
-        options = {"device": args.device} if args.segmenter == "sam" else {}
+        options = {"device": args.device, "checkpoint": args.sam_checkpoint} if args.segmenter == "sam" else {}
         segmenter = get_segmenter(args.segmenter, **options)
     backbone = load_backbone(args, args.backbone or infos[0].meta["backbone"])
     learners = [load_prompt_set(info.path, backbone, classnames) for info in infos]

@@ -9,7 +9,8 @@ one module per concept:
   of a minute of HTTP retries;
 - :mod:`~dapt_core.weights.resolve`: an explicit path, then ``checkpoints/``, then the Hugging Face cache,
   and only then the network;
-- :mod:`~dapt_core.weights.safe_load`: ``weights_only`` loading of ``.pth`` checkpoints.
+- :mod:`~dapt_core.weights.safe_load`: ``weights_only`` loading of ``.pth`` checkpoints, and telling a weight
+  file from anything else before a loader sees it.
 """
 
 from dapt_core.weights.online import is_online
@@ -27,14 +28,22 @@ from dapt_core.weights.resolve import (
     resolve_weights,
     weights_status,
 )
-from dapt_core.weights.safe_load import UnsafeCheckpointError, safe_torch_load
+from dapt_core.weights.safe_load import (
+    UnsafeCheckpointError,
+    WeightFileError,
+    check_weight_file,
+    safe_torch_load,
+    weight_load_errors,
+)
 
 __all__ = [
     "UnknownWeightsError",
     "UnsafeCheckpointError",
+    "WeightFileError",
     "WeightSpec",
     "WeightsIntegrityError",
     "WeightsNotFoundError",
+    "check_weight_file",
     "fetch_weights",
     "get_weight_spec",
     "is_online",
@@ -42,5 +51,6 @@ __all__ = [
     "register_weights",
     "resolve_weights",
     "safe_torch_load",
+    "weight_load_errors",
     "weights_status",
 ]

@@ -40,6 +40,7 @@ class WeightSpec:
     size_mb: float | None  # approximate size, shown in `weights list`
     description: str  # one line for people: what the weights are and who made them
     rebuild: str | None = None  # for weights this project makes itself: the command that rebuilds them
+    path_option: str = "--weights"  # the command-line option that names this file explicitly
 
     def __post_init__(self) -> None:
         if not self.name or self.name != self.name.strip():
@@ -88,6 +89,15 @@ def get_weight_spec(name: str) -> WeightSpec:
 
 
 _SAM_URL = "https://dl.fbaipublicfiles.com/segment_anything/{}"
+# SHA-256 of Meta's SAM checkpoints at _SAM_URL. The segment-anything repository publishes none; these are the
+# digests that micro-sam (computational-cell-analytics/micro-sam, micro_sam/util.py, models(): the pooch
+# registry that checks every download of these URLs) pins for them, and other projects that verify the same
+# downloads pin the same values.
+_SAM_SHA256 = {
+    "vit_b": "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+    "vit_l": "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+    "vit_h": "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+}
 
 for _spec in (
     WeightSpec(
@@ -114,27 +124,30 @@ for _spec in (
         filename="sam_vit_b_01ec64.pth",
         hf_repo=None,
         url=_SAM_URL.format("sam_vit_b_01ec64.pth"),
-        sha256=None,
+        sha256=_SAM_SHA256["vit_b"],
         size_mb=375,
         description="Segment Anything ViT-B checkpoint, Meta AI",
+        path_option="--sam-checkpoint",
     ),
     WeightSpec(
         name="sam-vit-l",
         filename="sam_vit_l_0b3195.pth",
         hf_repo=None,
         url=_SAM_URL.format("sam_vit_l_0b3195.pth"),
-        sha256=None,
+        sha256=_SAM_SHA256["vit_l"],
         size_mb=1250,
         description="Segment Anything ViT-L checkpoint, Meta AI",
+        path_option="--sam-checkpoint",
     ),
     WeightSpec(
         name="sam-vit-h",
         filename="sam_vit_h_4b8939.pth",
         hf_repo=None,
         url=_SAM_URL.format("sam_vit_h_4b8939.pth"),
-        sha256=None,
+        sha256=_SAM_SHA256["vit_h"],
         size_mb=2560,
         description="Segment Anything ViT-H checkpoint, Meta AI",
+        path_option="--sam-checkpoint",
     ),
 ):
     register_weights(_spec)

@@ -101,7 +101,8 @@ def _not_found(spec: WeightSpec, reason: str) -> WeightsNotFoundError:
     fetch = _FETCH_COMMAND.format(name=spec.name)
     return WeightsNotFoundError(
         f"{spec.name} weights ({spec.description}) not found: {places}; {reason}. Fetch them with `{fetch}` "
-        f"on a machine that is online and copy the file to {looked}, or pass the file path with --weights."
+        f"on a machine that is online and copy the file to {looked}, or pass the file path with "
+        f"{spec.path_option}."
     )
 
 
@@ -119,19 +120,33 @@ def _stream_url_to_checkpoints(spec: WeightSpec) -> Path:
                     out.write(chunk)
                     digest.update(chunk)
                     bar.update(len(chunk))
-        if spec.sha256 is not None and digest.hexdigest() != spec.sha256:
-            raise WeightsIntegrityError(
-                f"download of {spec.name} from {spec.url} has sha256 {digest.hexdigest()}, expected "
-                f"{spec.sha256}; the file was discarded (corrupt or changed upstream)"
-            )
+        _check_digest(spec, digest.hexdigest(), spec.url)
     logger.info("downloaded %s to %s (sha256 %s)", spec.name, target, digest.hexdigest())
     return target
+
+
+def _check_digest(spec: WeightSpec, actual: str, source: str | None) -> None:
+    """Refuses a download whose sha256 is not the registered one (when one is registered)."""
+    if spec.sha256 is not None and actual != spec.sha256:
+        raise WeightsIntegrityError(
+            f"download of {spec.name} from {source} has sha256 {actual}, expected {spec.sha256}; the file was "
+            "discarded (corrupt or changed upstream)"
+        )
+
+
+def file_sha256(path: str | Path) -> str:
+    """The lowercase hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(DOWNLOAD_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _download(spec: WeightSpec) -> Path:
     if spec.hf_repo is not None:
         logger.info("downloading %s from the Hugging Face repo %s", spec.filename, spec.hf_repo)
-        return Path(
+        path = Path(
             huggingface_hub.hf_hub_download(
                 repo_id=spec.hf_repo,
                 filename=spec.filename,
@@ -139,6 +154,13 @@ def _download(spec: WeightSpec) -> Path:
                 etag_timeout=HF_ETAG_TIMEOUT_S,
             )
         )
+        if spec.sha256 is not None:
+            try:
+                _check_digest(spec, file_sha256(path), f"the Hugging Face repo {spec.hf_repo}")
+            except WeightsIntegrityError:
+                path.unlink(missing_ok=True)  # the cache entry (a link into the blob store, or the file)
+                raise
+        return path
     logger.info("downloading %s from %s", spec.filename, spec.url)
     return _stream_url_to_checkpoints(spec)
 
