@@ -1,0 +1,231 @@
+"""Mutation testing of the DAPT method's core with mutmut 3: which small bugs in the method would the tests catch?
+
+Usage: python benchmarks/mutation.py [--rev HEAD] [--label after] [--limit-s 1800] [--json FILE]
+
+Not part of CI and not a project dependency: a script tool. Install it with ``pip install mutmut`` (written
+against mutmut 3.8; mutmut 3 rewrites every function into a trampoline that switches between the original and
+its mutants, copies the package into ``mutants/`` and runs, for each mutant, the tests that call that function).
+
+What it does:
+
+1. exports the committed tree at ``--rev`` (``git archive``) into a private work folder (``--work``, default
+   ``/tmp/dapt-mutation/<label>``), so the shared working tree is never touched and other engineers' edits in
+   progress are not measured; ``pytest.ini`` is removed there (its ``pythonpath = .`` would put the unmutated
+   package ahead of mutmut's copy);
+2. writes a ``[mutmut]`` section into that copy's ``setup.cfg``: the files of :data:`FILES`, the fast test subset
+   of :data:`TESTS` (the tests of the method that run in seconds; the training-run, CLI and whole-backbone tests
+   take minutes on a 2-core machine and are left out), one process (``--max-children 1``), ``fork`` isolation,
+   one torch thread;
+3. runs mutmut on the mutants of the functions in :data:`FUNCTIONS` only (a fixed subset of the method's core,
+   so that a run fits in about 25 minutes on a shared 2-core machine and runs before and after a change test
+   the same mutants), bounded by ``--limit-s``;
+4. reads every mutant's verdict from mutmut's ``.meta`` files and writes a JSON report: counts per status, the
+   kill rate (killed or timed out over all mutants of the subset, mutants no selected test reaches counting
+   as survivors) per file and in all, and the diff of every surviving mutant.
+
+The before/after figures of docs/results/mutation.md come from two runs of this script:
+``--rev <commit before the new tests> --label before`` and ``--rev <commit with them> --label after``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# files mutmut mutates (their other functions are copied as they are)
+FILES = (
+    "dapt_core/objective.py",
+    "dapt_core/learners/base.py",
+    "dapt_core/learners/coop.py",
+    "dapt_core/learners/maple.py",
+    "dapt_core/encoders.py",
+    "dapt_core/train.py",
+    "dapt_core/attention/cam.py",
+    "dapt_core/checkpoint.py",
+)
+
+# mutant names (mutmut 3: module.x_function / module.xǁClassǁmethod, then __mutmut_N): the method's wiring,
+# without argument checking, messages and the training loop's bookkeeping
+FUNCTIONS = (
+    # the objective: views, the three terms, the background prompts, the schedule
+    "dapt_core.objective.x_decouple__mutmut_*",
+    "dapt_core.objective.x_foreground_alignment_loss__mutmut_*",
+    "dapt_core.objective.x_background_alignment_loss__mutmut_*",
+    "dapt_core.objective.x_pull_push_loss__mutmut_*",
+    "dapt_core.objective.x_background_prompts__mutmut_*",
+    "dapt_core.objective.x_background_text_features__mutmut_*",
+    "dapt_core.objective.x_dapt_losses__mutmut_*",
+    "dapt_core.objective.x_loss_weights__mutmut_*",
+    "dapt_core.objective.x_run_switch_epoch__mutmut_*",
+    "dapt_core.objective.x_scaled_switch_epoch__mutmut_*",
+    # the learners: learned context in the prompt, MaPLe's coupled deep prompts
+    "dapt_core.learners.base.xǁPromptLearnerǁ_embed_with_context__mutmut_*",
+    "dapt_core.learners.base.xǁPromptLearnerǁ_encode_prompts__mutmut_*",
+    "dapt_core.learners.base.xǁPromptLearnerǁplain_prompt_features__mutmut_*",
+    "dapt_core.learners.coop.xǁCoOpǁtext_features__mutmut_*",
+    "dapt_core.learners.coop.xǁCoOpǁprompt_text_features__mutmut_*",
+    "dapt_core.learners.coop.xǁCoOpǁencode_image__mutmut_*",
+    "dapt_core.learners.maple.xǁMaPLeǁvisual_prompts__mutmut_*",
+    "dapt_core.learners.maple.xǁMaPLeǁtext_features__mutmut_*",
+    "dapt_core.learners.maple.xǁMaPLeǁencode_image__mutmut_*",
+    "dapt_core.learners.maple.xǁMaPLeǁdeep_text_prompts__mutmut_*",
+    # the prompted towers over open_clip's blocks
+    "dapt_core.encoders.x__run_blocks__mutmut_*",
+    "dapt_core.encoders.x_encode_text_embeddings__mutmut_*",
+    "dapt_core.encoders.x_encode_image_prompted__mutmut_*",
+    # training: the learning rate, the Grad-CAM cue, the metrics
+    "dapt_core.train.x_lr_at__mutmut_*",
+    "dapt_core.train.x_refresh_gradcam_masks__mutmut_*",
+    "dapt_core.train.x_classification_metrics__mutmut_*",
+    "dapt_core.train.x_harmonic_mean__mutmut_*",
+    # the CAM cue
+    "dapt_core.attention.cam.xǁPromptClassifierǁforward__mutmut_*",
+    "dapt_core.attention.cam.x_vit_reshape__mutmut_*",
+    "dapt_core.attention.cam.x_default_target_layer__mutmut_*",
+    "dapt_core.attention.cam.x__package_cams__mutmut_*",
+    # checkpoints: which backbone a prompt set fits
+    "dapt_core.checkpoint.x_check_compatible__mutmut_*",
+    "dapt_core.checkpoint.x_backbone_fingerprint__mutmut_*",
+)
+
+# the fast test subset (pytest arguments); files missing at --rev are left out and listed in the report
+TESTS = (
+    "tests/test_objective.py",
+    "tests/test_learners.py",
+    "tests/test_cam.py",
+    "tests/test_checkpoint.py",
+    "tests/test_background_official.py",
+    "tests/test_method_pins.py",
+    "tests/test_prompt_weights.py",
+)
+DESELECT = (  # minutes each on a 2-core machine: a whole ViT-B/16, and full training runs
+    "tests/test_learners.py::test_every_registered_backbone_runs_both_learners",
+    "tests/test_checkpoint.py::test_resume_after_interruption_matches_an_uninterrupted_run",
+)
+KILLED = {"killed", "timeout"}
+
+
+def resolve(rev: str) -> str:
+    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", rev], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def export_tree(commit: str, work: Path, tests_commit: str) -> None:
+    """The committed tree at ``commit`` in ``work`` (emptied first), with ``tests/`` from ``tests_commit``."""
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(work)], input=archive, check=True)
+    if tests_commit != commit:
+        shutil.rmtree(work / "tests")
+        tests = subprocess.run(["git", "-C", str(ROOT), "archive", tests_commit, "tests"], check=True,
+                               capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(work)], input=tests, check=True)
+    (work / "pytest.ini").unlink(missing_ok=True)
+
+
+def write_config(work: Path, tests: list[str]) -> None:
+    """The ``[mutmut]`` section of the copy's setup.cfg (mutmut reads its settings from there)."""
+    lines = ["[mutmut]", "source_paths = dapt_core", "only_mutate ="] + [f"    {f}" for f in FILES]
+    lines += ["pytest_add_cli_args_test_selection ="] + [f"    {t}" for t in tests]
+    lines += [f"    --deselect={d}" for d in DESELECT if d.split("::")[0] in tests]
+    lines += ["process_isolation = fork", "use_git_change_detection = false", ""]
+    with open(work / "setup.cfg", "a", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+
+
+def verdicts(work: Path) -> dict[str, str]:
+    """Status of every mutant of :data:`FUNCTIONS`, from mutmut's ``.meta`` files."""
+    from mutmut.stats import status_by_exit_code
+
+    found = {}
+    for meta in (work / "mutants").rglob("*.py.meta"):
+        codes = json.loads(meta.read_text(encoding="utf-8")).get("exit_code_by_key", {})
+        for name, code in codes.items():
+            if any(fnmatch.fnmatchcase(name, pattern) for pattern in FUNCTIONS):
+                found[name] = status_by_exit_code[code]
+    return dict(sorted(found.items()))
+
+
+def mutant_diff(work: Path, name: str) -> str:
+    shown = subprocess.run(["mutmut", "show", name], cwd=work, capture_output=True, text=True)
+    lines = shown.stdout.splitlines()
+    return "\n".join(line for line in lines if line[:1] in "+-" and not line.startswith(("+++", "---")))
+
+
+def score(statuses: list[str]) -> dict:
+    counts = Counter(statuses)
+    killed = sum(counts[s] for s in KILLED)
+    return {"mutants": len(statuses), "killed": killed, "counts": dict(sorted(counts.items())),
+            "kill_rate": round(100.0 * killed / len(statuses), 1) if statuses else None}
+
+
+def report(found: dict[str, str], work: Path) -> dict:
+    by_file: dict[str, list[str]] = {}
+    for name, status in found.items():
+        module = name.split(".x", 1)[0]
+        by_file.setdefault(module, []).append(status)
+    survivors = [{"name": n, "status": s, "diff": mutant_diff(work, n)} for n, s in found.items() if s not in KILLED]
+    return {"total": score(list(found.values())), "by_module": {m: score(s) for m, s in sorted(by_file.items())},
+            "survivors": survivors}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rev", default="HEAD", help="commit to test (its committed tree, not the working tree)")
+    parser.add_argument("--tests-rev", help="take tests/ from this commit instead (new tests, same mutants)")
+    parser.add_argument("--label", default="after", help="name of the run (work folder, report)")
+    parser.add_argument("--work", type=Path, help="work folder (default /tmp/dapt-mutation/LABEL)")
+    parser.add_argument("--limit-s", type=int, default=1800, help="wall-clock bound of the mutmut run")
+    parser.add_argument("--json", type=Path, help="where to write the report (default WORK/report.json)")
+    args = parser.parse_args()
+    if shutil.which("mutmut") is None:
+        sys.exit("mutmut is not installed: pip install mutmut")
+    work = args.work or Path("/tmp/dapt-mutation") / args.label
+    commit = resolve(args.rev)
+    tests_commit = resolve(args.tests_rev) if args.tests_rev else commit
+    export_tree(commit, work, tests_commit)
+    tests = [t for t in TESTS if (work / t).exists()]
+    write_config(work, tests)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    started = time.perf_counter()
+    try:
+        run = subprocess.run(["mutmut", "run", "--max-children", "1", *FUNCTIONS], cwd=work, env=env,
+                             capture_output=True, text=True, timeout=args.limit_s)
+        finished, log_tail = run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    except subprocess.TimeoutExpired as err:
+        finished, log_tail = False, f"stopped after {args.limit_s} s: {str(err.stdout or '')[-1000:]}"
+    seconds = round(time.perf_counter() - started)
+    found = verdicts(work)
+    result = {"label": args.label, "rev": args.rev, "commit": commit, "tests_commit": tests_commit,
+              "seconds": seconds, "finished": finished,
+              "mutmut": subprocess.run(["mutmut", "--version"], capture_output=True, text=True).stdout.strip(),
+              "tests": tests, "deselected": list(DESELECT), "functions": list(FUNCTIONS),
+              "missing_tests": [t for t in TESTS if t not in tests], **report(found, work)}
+    if not finished:
+        result["log_tail"] = log_tail
+    out = args.json or work / "report.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    total = result["total"]
+    print(f"{args.label} ({commit[:10]}): {total['killed']}/{total['mutants']} mutants killed "
+          f"({total['kill_rate']}%) in {seconds} s; {total['counts']}")
+    for module, s in result["by_module"].items():
+        print(f"  {module}: {s['killed']}/{s['mutants']} ({s['kill_rate']}%)")
+    print(f"report: {out}")
+    return 0 if finished else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
