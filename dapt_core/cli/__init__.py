@@ -13,14 +13,14 @@ import argparse
 import logging
 import sys
 
-from dapt_core.cli import analyze, bench, grid, import_official, masks, synth, train, weights
+from dapt_core.cli import analyze, bench, grid, hub, import_official, masks, synth, train, weights
 from dapt_core.cli import eval as eval_command
 from dapt_core.errors import DaptError, os_error_message
 
 log = logging.getLogger("dapt_core")
 
 # The sub-command modules, in the order `--help` lists them.
-COMMANDS = (train, eval_command, import_official, weights, analyze, masks, synth, bench, grid)
+COMMANDS = (train, eval_command, import_official, weights, analyze, masks, synth, bench, grid, hub)
 # Third-party modules that building the parser must not import (each takes from 0.1 s to seconds to load).
 HEAVY_MODULES = ("torch", "open_clip", "pytorch_grad_cam", "gradio", "matplotlib", "cv2", "PIL", "numpy",
                  "safetensors")
