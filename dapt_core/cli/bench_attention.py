@@ -46,6 +46,14 @@ def add_attention_parser(bsub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default=DEFAULT_NAME, help="file stem; default: %(default)s")
     p.set_defaults(func=run_bench_attention)
 
+    p = bsub.add_parser("attention-readme", help="copy the attention benchmark's table into README.md",
+                        description="Replace the lines between README.md's attention-bench markers with the "
+                                    "per-method table of a `bench attention` result.")
+    p.add_argument("--result", default=str(paths.PROJECT_DIR / "docs" / "results" / f"{DEFAULT_NAME}.json"),
+                   help="result JSON; default: docs/results/attention_bench.json")
+    p.add_argument("--readme", default=str(paths.PROJECT_DIR / "README.md"), help="file to update")
+    p.set_defaults(func=run_attention_readme)
+
 
 def run_bench_attention(args: argparse.Namespace) -> int:
     import torch
@@ -66,4 +74,23 @@ def run_bench_attention(args: argparse.Namespace) -> int:
     print_json({"backbone": result["backbone"], "n_scenes": result["n_scenes"], "seeds": list(cfg.seeds),
                 "cpu_seconds": result["cpu_seconds"],
                 "methods": {m: {"pointing": v["pointing"], "lift": v["lift"]} for m, v in means.items()}})
+    return 0
+
+
+def run_attention_readme(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from dapt_core.experiments.attention_bench_report import README_MARKERS, readme_block
+    from dapt_core.experiments.background_shift_report import replace_marked
+    from dapt_core.fileio import write_bytes_atomic
+
+    try:
+        result = json.loads(Path(args.result).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read the attention benchmark result {args.result}: {err}") from err
+    readme = Path(args.readme)
+    text = replace_marked(readme.read_text(encoding="utf-8"), readme_block(result), README_MARKERS)
+    write_bytes_atomic(readme, text.encode("utf-8"))
+    print_json({"readme": str(readme), "result": args.result})
     return 0

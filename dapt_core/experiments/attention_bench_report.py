@@ -97,6 +97,27 @@ def render_markdown(result: dict, figure_name: str) -> str:
     return "\n".join(lines)
 
 
+README_MARKERS = ("<!-- attention-bench table: start -->", "<!-- attention-bench table: end -->")
+
+
+def readme_block(result: dict) -> str:
+    """README's copy of the per-method table (Grad-CAM, the official cue, first), with the run's settings."""
+    cfg = result["config"]
+    means = method_means(result)
+    order = sorted(means, key=lambda m: (m != "gradcam", cfg["methods"].index(m)))
+    lines = [f"Backbone `{result['backbone']}`, {result['n_scenes']} conflicting scenes per seed, seeds "
+             f"{', '.join(map(str, cfg['seeds']))}, mean ± std over seeds of the means over "
+             f"{len(result['prompt_sets'])} prompt sets; written by `python -m dapt_core bench attention-readme` "
+             f"from `bench attention`'s JSON (best by pointing game: `{best_method(result)}`):", "",
+             "| method | pointing game | energy share | lift over area share | deletion AUC | insertion AUC |",
+             "|---|---|---|---|---|---|"]
+    for method in order:
+        m = means[method]
+        lines.append(f"| {method} | {_cell(m['pointing'])} | {_cell(m['energy_share'])} | {_cell(m['lift'])}x | "
+                     f"{_cell(m['deletion_auc'], 3)} | {_cell(m['insertion_auc'], 3)} |")
+    return "\n".join(lines)
+
+
 def render_figure(result: dict) -> Figure:
     """Four panels (pointing, lift, deletion AUC, insertion AUC): bars per method and prompt set, seed std."""
     methods, sets = result["config"]["methods"], list(result["prompt_sets"])
