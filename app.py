@@ -27,6 +27,7 @@ import gradio as gr  # noqa: E402
 from dapt_core import app_support as support  # noqa: E402
 from dapt_core.app_support import zerogpu  # noqa: E402
 from dapt_core.app_support.training import MAX_EPOCHS  # noqa: E402
+from dapt_core.app_support.user_masks import UserMasks  # noqa: E402
 from dapt_core.attention.descriptions import best_measured_method, method_choices  # noqa: E402
 from dapt_core.backbones import Backbone  # noqa: E402
 from dapt_core.learners import list_learners  # noqa: E402
@@ -55,6 +56,7 @@ GRADIO_CACHE_S = (3600, 6 * 3600)  # Gradio's copies of uploads: checked hourly,
 # the work needs). Training asks for a fixed part plus a part per epoch.
 COMPARE_GPU_S = 60
 UPLOAD_GPU_S = 20
+MASKS_GPU_S = 60  # masks of a visitor's labelled images (SAM is seconds per image, GrabCut under one)
 TRAIN_GPU_BASE_S, TRAIN_GPU_S_PER_EPOCH = 30, 10
 SOURCES = [("the synthetic shapes task (exact masks)", "synthetic"), ("a zip with one folder per class", "zip"),
            ("images added below, class by class", "images")]
@@ -115,12 +117,14 @@ class Handlers:
         self.segmenters = support.SegmenterMenu(exact_masks=any(e.mask for e in examples.items))
         limits = support.CompareLimits(MAX_COMPARED_SETS, MAX_ANALYSIS_PIXELS, DISPLAY_SIDE_PX)
         self.comparer = support.Comparer(catalog, self.segmenters, examples, self.files, limits)
+        self.user_masks = UserMasks(backbone, self.segmenters)
         self.trainer = support.TrainingService(backbone, catalog, self.files, max_waiting=TRAIN_WATCHERS,
-                                               redraw_s=PROGRESS_INTERVAL_S)
+                                               redraw_s=PROGRESS_INTERVAL_S, masks=self.user_masks)
         # on ZeroGPU a GPU is attached only inside these calls (unchanged without the spaces package)
         self.compare = zerogpu.gpu(COMPARE_GPU_S)(self.compare)
         self.train = zerogpu.gpu(_train_gpu_seconds)(self.train)
         self.upload_prompt_set = zerogpu.gpu(UPLOAD_GPU_S)(self.upload_prompt_set)
+        self.make_masks = zerogpu.gpu(MASKS_GPU_S)(self.make_masks)
 
     def suggest_segmenter(self, image: Any, segmenter: str) -> str:
         return self.comparer.suggest_segmenter(image, segmenter)
@@ -143,16 +147,26 @@ class Handlers:
         return str(root), summary
 
     @_guard
+    def make_masks(self, source: str, zip_file: Any, folder: str | None, segmenter: str,
+                   progress: gr.Progress = gr.Progress()) -> tuple[list, str]:
+        """The masks of the visitor's images for the mask cue, made with progress, as a gallery to review."""
+        made = self.user_masks.make_for_form(source, support.upload_path(zip_file), Path(folder) if folder else None,
+                                             segmenter, self.files.new_dir(),
+                                             lambda done, total: progress(done / total, desc=f"mask {done}/{total}"))
+        return made.gallery(), made.summary
+
+    @_guard
     def clear_images(self) -> tuple[None, str]:
         return None, support.NO_IMAGES_YET
 
     @_guard
     def train(self, source: str, zip_file: Any, learner: str, cue: str, shots: float, epochs: float, name: str,
-              seed: float, folder: str | None, request: gr.Request) -> Iterator[support.TrainProgress]:
+              seed: float, folder: str | None, mask_segmenter: str | None,
+              request: gr.Request) -> Iterator[support.TrainProgress]:
         """Queues a training job and streams its place in line, progress, losses and the saved prompt set."""
         self.catalog.check_room()  # a full user folder is said before the training, not after it
         job = self.trainer.submit(_owner(request), source, support.upload_path(zip_file), learner, cue, shots,
-                                  epochs, name, seed, Path(folder) if folder else None)
+                                  epochs, name, seed, Path(folder) if folder else None, mask_segmenter)
         yield from self.trainer.watch(job)
 
     @_guard
@@ -245,7 +259,15 @@ def _tuning_tab(h: Handlers) -> tuple[gr.Button, gr.Button, list, list]:
                 folder_note = gr.Markdown(support.NO_IMAGES_YET)
             learner = gr.Radio(list_learners(), value="coop", label="Prompt learner")
             cue = gr.Radio(list(CUES), value="gradcam", label="DAPT cue",
-                           info="off: plain learner; mask: exact masks, synthetic task only")
+                           info="off: plain learner; mask: the synthetic task's exact masks, or for your "
+                                "images the masks made below")
+            with gr.Accordion("Masks of your images (mask cue)", visible=False) as mask_box:
+                mask_segmenter = gr.Radio(h.user_masks.choices(), value=next(iter(h.user_masks.choices()), None),
+                                          label="Segmenter", info="SAM where its weights are here, else GrabCut; "
+                                          "seeded by the best measured attribution map")
+                make = gr.Button("Make masks")
+                mask_note = gr.Markdown("Make the masks, check them, then train.")
+                mask_gallery = gr.Gallery(label="Masks to review", columns=4, format="png", height="auto")
             shots = gr.Slider(1, 16, value=1, step=1, label="Shots per class")
             epochs = gr.Slider(1, 20, value=2, step=1, label="Epochs")
             name = gr.Textbox("", label="Name of the new prompt set", placeholder="e.g. my-pets-dapt")
@@ -263,7 +285,12 @@ def _tuning_tab(h: Handlers) -> tuple[gr.Button, gr.Button, list, list]:
     add.click(h.add_images, [files, classname, folder], [folder, folder_note], api_visibility="private",
               preprocess=False)
     clear.click(h.clear_images, None, [folder, folder_note], api_visibility="private")
-    inputs = [source, zip_file, learner, cue, shots, epochs, name, seed, folder]
+    for trigger in (source.change, cue.change):
+        trigger(lambda s, c: gr.update(visible=s != "synthetic" and c == "mask"), [source, cue], mask_box,
+                api_visibility="private", show_progress="hidden")
+    make.click(h.make_masks, [source, zip_file, folder, mask_segmenter], [mask_gallery, mask_note],
+               api_name="make_masks", preprocess=False)
+    inputs = [source, zip_file, learner, cue, shots, epochs, name, seed, folder, mask_segmenter]
     return train, stop, inputs, [status, losses, metrics, trained]
 
 

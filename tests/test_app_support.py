@@ -336,7 +336,7 @@ def test_folder_run_holds_out_images_only_when_every_class_has_some(tmp_path, ti
 
 
 def test_requests_that_cannot_run_are_refused_before_queueing(tmp_path):
-    with pytest.raises(ValueError, match="only the synthetic task"):
+    with pytest.raises(ValueError, match="needs their masks: press Make masks"):
         support.TrainRequest("folder", "coop", "mask", 1, 1, "x", folder=tmp_path).validate()
     with pytest.raises(ValueError, match="shots"):
         support.TrainRequest("synthetic", "coop", "off", 0, 1, "x").validate()

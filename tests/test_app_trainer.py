@@ -49,8 +49,8 @@ def test_a_zip_is_unpacked_into_the_jobs_folder(tmp_path):
     req = _form(tmp_path, source="zip", archive=archive, cue="off")
     assert req.source == "folder" and req.folder == tmp_path / "work" / "images"
     assert support.describe_folder(req.folder) == {"cat": 1, "dog": 1}
-    with pytest.raises(ValueError, match="only the synthetic task"):
-        _form(tmp_path, source="zip", archive=archive, cue="mask")
+    with pytest.raises(ValueError, match="needs their masks: press Make masks"):
+        _form(tmp_path / "again", source="zip", archive=archive, cue="mask")
 
 
 def _view(state, steps=(), message="", result=None, error=None):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 
@@ -15,6 +15,7 @@ from dapt_core.app_support.jobs import JobView, TrainingQueue, TrainJob, loss_fi
 from dapt_core.app_support.startup import TempFiles
 from dapt_core.app_support.training import TrainRequest, TrainResult, run_training
 from dapt_core.app_support.uploads import add_labelled_images, extract_labelled_zip, folder_summary
+from dapt_core.app_support.user_masks import UserMasks
 from dapt_core.backbones import Backbone
 from dapt_core.train import StepReport
 from dapt_core.viz.figure import figure_to_array
@@ -33,7 +34,8 @@ class TrainProgress(NamedTuple):
 
 
 def request_from_form(source: str, archive: Path | None, learner: str, cue: str, shots: float, epochs: float,
-                      name: str | None, seed: float, folder: Path | None, workdir: Path) -> TrainRequest:
+                      name: str | None, seed: float, folder: Path | None, workdir: Path,
+                      reviewed_masks: Callable[[Path, Path], Path] | None = None) -> TrainRequest:
     """A checked :class:`TrainRequest` from the tab's fields; a zip is extracted into ``workdir/images``.
 
     Args:
@@ -41,6 +43,8 @@ def request_from_form(source: str, archive: Path | None, learner: str, cue: str,
         archive: the uploaded zip (source "zip").
         folder: the visitor's image folder (source "images").
         name: the new prompt set's name; empty: ``<learner>-<cue>-<shots>shot``.
+        reviewed_masks: for the mask cue on a zip or folder, ``(image root, mask root) -> mask root`` writing
+            the masks the visitor reviewed (:meth:`UserMasks.reviewed`).
 
     Raises:
         ValueError: a missing zip, an unknown source, or a request that cannot run (:meth:`TrainRequest.validate`).
@@ -54,10 +58,13 @@ def request_from_form(source: str, archive: Path | None, learner: str, cue: str,
         data = folder
     elif source != "synthetic":
         raise ValueError(f"unknown data source {source!r}; choose from {', '.join(FORM_SOURCES)}")
+    masks = None
+    if cue == "mask" and data is not None and reviewed_masks is not None:
+        masks = reviewed_masks(data, workdir / "masks")
     shots, epochs = int(shots), int(epochs)
     req = TrainRequest(source="synthetic" if source == "synthetic" else "folder", learner=learner, cue=cue,
                        shots=shots, epochs=epochs, folder=data, seed=int(seed),
-                       name=(name or "").strip() or f"{learner}-{cue}-{shots}shot")
+                       name=(name or "").strip() or f"{learner}-{cue}-{shots}shot", masks=masks)
     req.validate()
     return req
 
@@ -91,11 +98,13 @@ class TrainingService:
     Args:
         max_waiting: jobs that may wait in line (more are refused with :class:`QueueFullError`).
         redraw_s: a watcher redraws at most once per this many seconds, however fast the steps come.
+        masks: the visitors' reviewed masks, for the mask cue on their own images (None: not offered).
     """
 
     def __init__(self, backbone: Backbone, catalog: PromptCatalog, files: TempFiles, *, max_waiting: int,
-                 redraw_s: float) -> None:
+                 redraw_s: float, masks: UserMasks | None = None) -> None:
         self.backbone = backbone
+        self.masks = masks
         self.catalog = catalog
         self.files = files
         self.redraw_s = redraw_s
@@ -119,14 +128,21 @@ class TrainingService:
         return root, folder_summary(root)
 
     def submit(self, owner: str, source: str, archive: Path | None, learner: str, cue: str, shots: float,
-               epochs: float, name: str | None, seed: float, folder: Path | None) -> TrainJob:
-        """Checks the form (see :func:`request_from_form`) and puts the job in line for ``owner``.
+               epochs: float, name: str | None, seed: float, folder: Path | None,
+               mask_segmenter: str | None = None) -> TrainJob:
+        """Checks the form (see :func:`request_from_form`) and puts the job in line for ``owner``; the mask
+        cue on a zip or folder trains on the masks ``mask_segmenter`` made and the visitor reviewed.
 
         Raises:
             ValueError: the form cannot be trained on. QueueFullError: too many jobs wait already.
         """
         workdir = self.files.new_dir()
-        req = request_from_form(source, archive, learner, cue, shots, epochs, name, seed, folder, workdir)
+        reviewed = None
+        if self.masks is not None and mask_segmenter:
+            def reviewed(images: Path, mask_root: Path) -> Path:
+                return self.masks.reviewed(images, mask_root, mask_segmenter)
+        req = request_from_form(source, archive, learner, cue, shots, epochs, name, seed, folder, workdir,
+                                reviewed)
         return self.queue.submit(owner, (req, workdir))
 
     def watch(self, job: TrainJob) -> Iterator[TrainProgress]:

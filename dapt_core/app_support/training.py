@@ -36,7 +36,7 @@ MAX_EPOCHS = 50
 class TrainRequest:
     source: str  # "synthetic" (the spurious-background task, exact masks) or "folder" (uploaded images)
     learner: str  # "coop" or "maple"
-    cue: str  # DAPT cue: "off", "gradcam", or "mask" (synthetic task only: it has exact masks)
+    cue: str  # DAPT cue: "off", "gradcam", or "mask" (exact masks, or for a folder the ones in ``masks``)
     shots: int  # training images per class
     epochs: int  # passes over the few-shot set
     name: str  # name of the saved prompt set (made file-safe; a taken name gets a -N suffix)
@@ -44,6 +44,7 @@ class TrainRequest:
     seed: int = 1  # seeds the synthetic task, the shot draw and the training
     synth_test_per_class: int = 3  # synthetic scenes per class in each test split
     train: dict = field(default_factory=dict)  # further TrainConfig fields (e.g. batch_size)
+    masks: Path | None = None  # for the mask cue on a folder: its mask tree (see app_support.user_masks)
 
     def validate(self) -> None:
         """Raises ValueError with a message for the user when the request cannot run."""
@@ -53,9 +54,9 @@ class TrainRequest:
             raise ValueError(f"unknown learner {self.learner!r}; choose from {', '.join(list_learners())}")
         if self.cue not in CUES:
             raise ValueError(f"unknown DAPT cue {self.cue!r}; choose from {', '.join(CUES)}")
-        if self.cue == "mask" and self.source != "synthetic":
-            raise ValueError("the mask cue needs exact object masks, which only the synthetic task has; "
-                             "use the gradcam cue for your own images")
+        if self.cue == "mask" and self.source != "synthetic" and self.masks is None:
+            raise ValueError("the mask cue on your own images needs their masks: press Make masks, review "
+                             "them, then train (or use the gradcam cue)")
         if not 1 <= int(self.shots) <= MAX_SHOTS:
             raise ValueError(f"shots must be between 1 and {MAX_SHOTS}, got {self.shots}")
         if not 1 <= int(self.epochs) <= MAX_EPOCHS:
@@ -118,7 +119,12 @@ def _folder_data(req: TrainRequest):
     else:
         tests = {}
         note = "not evaluated: some class has no image left after the shots (add more images per class)"
-    return splits.classnames, chosen, None, tests, note
+    masks = MaskFolder(req.masks, req.folder) if req.cue == "mask" else None
+    unmasked = [s for s in chosen if masks is not None and masks.find(s) is None]
+    if unmasked:
+        raise ValueError(f"{len(unmasked)} training images have no mask (e.g. {unmasked[0].path.name}); "
+                         "make the masks again")
+    return splits.classnames, chosen, masks, tests, note
 
 
 def run_training(req: TrainRequest, backbone: Backbone, catalog: PromptCatalog, workdir: Path, *,
