@@ -7,11 +7,13 @@ Official CoOp and MaPLe/DAPT checkpoints (Dassl ``.pth.tar``) are imported into 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 FORMAT = "dapt-prompts"
 FORMAT_VERSION = 1
 METADATA_KEY = "dapt_core"
+FINGERPRINT_SAMPLES = 4096  # about this many evenly spaced values of each frozen tensor enter the fingerprint
 
 
 class CheckpointError(DaptError):
@@ -53,6 +56,24 @@ class PromptSetInfo:
         return f"{learner} + DAPT ({dapt['cue']})" if dapt.get("cue", "off") != "off" else learner
 
 
+def backbone_fingerprint(backbone: Backbone) -> str:
+    """A short hash of the backbone's frozen weights, to tell two sets of weights of one architecture apart.
+
+    Every parameter tensor contributes its name, its shape and an evenly strided sample of about
+    :data:`FINGERPRINT_SAMPLES` of its values (as float32): other weights of the same architecture (another
+    pre-training, a fine-tune, another random seed) differ everywhere, and hashing a sample keeps this at a few
+    milliseconds for a ViT-B/16. It is not a checksum of every byte of a weight file.
+    """
+    digest = hashlib.sha256()
+    with torch.no_grad():
+        for name, tensor in sorted(backbone.model.named_parameters()):
+            flat = tensor.detach().reshape(-1)
+            sample = flat[::max(1, flat.numel() // FINGERPRINT_SAMPLES)]
+            digest.update(f"{name}{tuple(tensor.shape)}".encode())
+            digest.update(sample.to(device="cpu", dtype=torch.float32).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def save_prompt_set(learner: PromptLearner, path: str | Path, *, dapt: DaptConfig | None = None,
                     train_config: dict | None = None, metrics: dict | None = None, name: str | None = None) -> Path:
     """Writes the learner's prompts and metadata to ``path`` (temporary file, then rename)."""
@@ -68,6 +89,7 @@ def save_prompt_set(learner: PromptLearner, path: str | Path, *, dapt: DaptConfi
         "backbone": backbone.name,
         "model": backbone.spec.model_name,
         "pretrained": backbone.pretrained,
+        "backbone_fingerprint": backbone_fingerprint(backbone),
         "text_width": backbone.text_width,
         "vision_width": backbone.vision_width,
         "classnames": learner.classnames,
@@ -115,8 +137,14 @@ def read_info(path: str | Path) -> PromptSetInfo:
     return PromptSetInfo(path, meta)
 
 
-def check_compatible(meta: dict, backbone: Backbone, source: str = "prompt set") -> None:
-    """Refuses a prompt set made for another backbone, naming both."""
+def check_compatible(meta: dict, backbone: Backbone, source: str = "prompt set", *,
+                     fingerprint: str | None = None) -> None:
+    """Refuses a prompt set made for another backbone, naming both: another architecture or weights tag, or
+    (prompt sets that record it) other weights under the same name.
+
+    Args:
+        fingerprint: :func:`backbone_fingerprint` of ``backbone``, when the caller has it already.
+    """
     theirs = (meta.get("model"), meta.get("pretrained"))
     ours = (backbone.spec.model_name, backbone.pretrained)
     same = theirs == ours and (ours[1] is not None or meta.get("backbone") == backbone.name)
@@ -125,6 +153,15 @@ def check_compatible(meta: dict, backbone: Backbone, source: str = "prompt set")
             f"{source} was made for backbone {meta.get('backbone')!r} ({theirs[0]}, weights "
             f"{theirs[1] or 'random'}), but the loaded backbone is {backbone.name!r} ({ours[0]}, weights "
             f"{ours[1] or 'random'}); load it with the backbone it was trained on")
+    theirs_weights = meta.get("backbone_fingerprint")
+    if theirs_weights is None:  # written before prompt sets kept one: the name and tag are all there is
+        return
+    ours_weights = fingerprint or backbone_fingerprint(backbone)
+    if theirs_weights != ours_weights:
+        raise CheckpointError(
+            f"{source} was made for backbone {meta.get('backbone')!r} with weights fingerprint {theirs_weights}, "
+            f"but the loaded backbone {backbone.name!r} has the same architecture with other weights "
+            f"(fingerprint {ours_weights}); load it with the weights it was trained on")
 
 
 def load_prompt_set(path: str | Path, backbone: Backbone, classnames: list[str] | None = None) -> PromptLearner:
@@ -139,6 +176,9 @@ def load_prompt_set(path: str | Path, backbone: Backbone, classnames: list[str] 
     info = read_info(path)
     meta = info.meta
     check_compatible(meta, backbone, f"prompt set {info.path.name}")
+    if "backbone_fingerprint" not in meta:
+        log.info("prompt set %s records no weights fingerprint (written before it was kept): only the "
+                 "backbone's name and weights tag were checked", info.path.name)
     try:
         learner = build_learner(meta["learner"], backbone, meta["classnames"], **meta["learner_options"])
     except (ValueError, TypeError, RuntimeError) as err:  # fields of the right types, values it cannot use
@@ -165,11 +205,12 @@ def load_prompt_set(path: str | Path, backbone: Backbone, classnames: list[str] 
 def list_prompt_sets(folder: str | Path, backbone: Backbone | None = None) -> list[PromptSetInfo]:
     """Prompt checkpoints in a folder (sorted by name); with a backbone, only those that fit it."""
     found = []
+    fingerprint = backbone_fingerprint(backbone) if backbone is not None else None
     for path in sorted(Path(folder).glob("*.safetensors")):
         try:
             info = read_info(path)
             if backbone is not None:
-                check_compatible(info.meta, backbone)
+                check_compatible(info.meta, backbone, fingerprint=fingerprint)
         except CheckpointError:
             continue
         found.append(info)
