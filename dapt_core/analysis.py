@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from dapt_core.attention.metrics import MASK_THRESHOLD, as_mask, object_share, pointing_game
+from dapt_core.data.masks import aspect_ratios_match
 from dapt_core.backbones import Backbone
 from dapt_core.errors import DaptError
 from dapt_core.imageio import DEFAULT_MAX_PIXELS, ImageSource, image_to_array, load_image
@@ -37,8 +38,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TOP_K = 5  # predictions reported per prompt set
-# a given mask of another size is rescaled when its aspect ratio is within this relative tolerance
-MASK_ASPECT_TOLERANCE = 0.02
 CLASSES_SHOWN_IN_ERRORS = 30  # an error names at most this many classes (ImageNet has 1000)
 LEARNER_LABELS = {"coop": "CoOp", "maple": "MaPLe"}
 JSON_DIGITS = 4  # decimals of probabilities, shares and seconds in the JSON summary
@@ -267,9 +266,7 @@ def _given_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """A caller's mask as (H, W) bool at the image's size."""
     values = as_mask(np.asarray(mask), "mask")
     if values.shape != shape:
-        theirs = values.shape[1] / values.shape[0]
-        ours = shape[1] / shape[0]
-        if abs(theirs / ours - 1.0) > MASK_ASPECT_TOLERANCE:
+        if not aspect_ratios_match((values.shape[1], values.shape[0]), (shape[1], shape[0])):
             raise AnalysisError(f"mask is {values.shape[1]}x{values.shape[0]} but the image is "
                                 f"{shape[1]}x{shape[0]}; a mask must cover the same picture")
         log.info("rescaling the mask from %s to the image's %s", values.shape, shape)

@@ -26,11 +26,12 @@ from dapt_core.attention.metrics import binarize
 from dapt_core.attention.cam import compute_cams
 from dapt_core.data.dataset import AugmentConfig, PromptDataset
 from dapt_core.data.folders import few_shot
-from dapt_core.data.records import Sample
+from dapt_core.data.records import DataError, Sample
 from dapt_core.learners.base import PromptLearner
 from dapt_core.data.masks import InMemoryMasks, MaskProvider
 from dapt_core.constants import OFFICIAL_EPOCHS
 from dapt_core.objective import DaptConfig, dapt_losses, loss_weights, warn_unreached_terms
+from dapt_core.preflight import check_images, check_masks
 from dapt_core.run_state import TrainState, load_state, run_fingerprint, save_state
 
 log = logging.getLogger(__name__)
@@ -259,6 +260,10 @@ def train_prompts(learner: PromptLearner, samples: list[Sample], cfg: TrainConfi
     if not samples:
         raise ValueError("no training images")
     val_samples = list(val_samples or [])
+    check_images(samples, "training")  # a broken file is found now, not in the middle of an epoch
+    check_images(val_samples, "validation")
+    if dapt.cue == "mask":
+        check_masks(samples, masks)
     validate = cfg.selection == "best_val" and bool(val_samples)
     if cfg.selection == "best_val" and not val_samples:
         log.warning("model selection best_val has no validation images: the last epoch's prompts are kept")
@@ -303,6 +308,8 @@ def train_prompts(learner: PromptLearner, samples: list[Sample], cfg: TrainConfi
 def predict(learner: PromptLearner, samples: list[Sample], batch_size: int = 32,
             progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Predicted and true labels of the samples (evaluation view: resize + centre crop)."""
+    if not samples:
+        raise DataError("no images to evaluate")
     backbone = learner.backbone
     dataset = PromptDataset(samples, image_size=backbone.image_size, mean=backbone.mean, std=backbone.std,
                             train=False)

@@ -20,6 +20,7 @@ from dapt_core.app_support.uploads import UploadError, slugify
 from dapt_core.backbones import Backbone
 from dapt_core.checkpoint import CheckpointError, PromptSetInfo, list_prompt_sets, load_prompt_set
 from dapt_core.learners.base import PromptLearner
+from dapt_core.metric_units import format_metrics
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,7 @@ class CatalogEntry:
 
     def row(self) -> list:
         meta = self.info.meta
-        metrics = ", ".join(f"{k.removesuffix('_accuracy')} {v:.1f}%" for k, v in (meta.get("metrics") or {}).items()
-                            if isinstance(v, (int, float)))
+        metrics = format_metrics(meta.get("metrics"))  # each in its unit: 90.0% for accuracies, 0.90 for shares
         classes = meta.get("classnames") or []
         return [self.key, self.info.label, len(classes), ", ".join(classes[:6]) + (" …" if len(classes) > 6 else ""),
                 (meta.get("train") or {}).get("shots", ""), metrics, meta.get("created", "")]

@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
-
 from dapt_core.constants import IMAGE_EXTENSIONS, MAX_IMAGE_PIXELS
 from dapt_core.data.records import list_images
 from dapt_core.errors import DaptError
+from dapt_core.preflight import image_problem
 
 NO_IMAGES_YET = "No images added yet."
 ENCRYPTED_FLAG = 0x1  # bit 0 of a zip member's general-purpose flags: the member is encrypted
@@ -57,20 +56,11 @@ def slugify(text: str, default: str = "prompts") -> str:
 
 
 def _check_image(path: Path, label: str, limits: UploadLimits) -> None:
-    """Refuses a file that is not an image PIL reads; the message names ``label`` (never the server's path, which
-    PIL's own messages carry)."""
-    try:
-        with Image.open(path) as img:
-            width, height = img.size
-            img.verify()
-    except UnidentifiedImageError as err:
-        raise UploadError(f"{label} is not a readable image (not a format it can read)") from err
-    except Image.DecompressionBombError as err:
-        raise UploadError(f"{label} is not a readable image (too many pixels: a decompression bomb?)") from err
-    except (OSError, SyntaxError, ValueError, EOFError, zlib.error) as err:
-        raise UploadError(f"{label} is not a readable image (truncated or corrupt: {type(err).__name__})") from err
-    if width * height > limits.max_pixels:
-        raise UploadError(f"{label} is {width}x{height} pixels, over the limit of {limits.max_pixels:,}")
+    """Refuses a file that is not a readable image (the check training makes before it starts); the message
+    names ``label``, never the server's path."""
+    problem = image_problem(path, limits.max_pixels)
+    if problem is not None:
+        raise UploadError(f"{label} is not a readable image ({problem})")
 
 
 def _check_classes(root: Path, what: str) -> None:

@@ -45,9 +45,12 @@ def run(args: argparse.Namespace) -> int:
     from dapt_core.segment import get_segmenter
     from dapt_core.viz.figure import save_figure
 
+    from dapt_core.preflight import check_writable
+
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise ValueError(f"--out must end in .png, got {out}")
+    check_writable(out)
     # everything cheap is checked before the backbone is loaded
     image = load_image(args.image)
     infos = [read_info(path) for path in args.prompts]

@@ -28,21 +28,28 @@ def run(args: argparse.Namespace) -> int:
     """Evaluates the prompt set on the backbone it names (or ``--backbone``); prints one JSON line."""
     from dapt_core.checkpoint import load_prompt_set, read_info
     from dapt_core.data.folders import parse_data_spec, subsample_classes
+    from dapt_core.preflight import check_images, check_not_empty
     from dapt_core.train import evaluate, harmonic_mean
 
     info = read_info(args.prompts)
+    full = parse_data_spec(args.data)
+    # every part to evaluate has images that open, before the backbone loads
+    parts = {half: subsample_classes(full, half)
+             for half in (("base", "novel") if args.base_to_novel else (args.subsample,))}
+    for half, part in parts.items():
+        check_not_empty(getattr(part, args.split), args.data + ("" if half == "all" else f" ({half} classes)"),
+                        args.split)
+        check_images(getattr(part, args.split), args.split)
     backbone = load_backbone(args, args.backbone or info.meta["backbone"])
     learner = load_prompt_set(info.path, backbone)
-    full = parse_data_spec(args.data)
     if args.base_to_novel:
         result = {}
-        for half in ("base", "novel"):
-            part = subsample_classes(full, half)
+        for half, part in parts.items():
             learner.set_classnames(part.classnames)
             result[half] = evaluate(learner, getattr(part, args.split), progress=True)["accuracy"]
         result["hm"] = round(harmonic_mean(result["base"], result["novel"]), 4)
     else:
-        part = subsample_classes(full, args.subsample)
+        part = parts[args.subsample]
         learner.set_classnames(part.classnames)
         result = evaluate(learner, getattr(part, args.split), progress=True)
     print_json({"prompts": str(info.path), "split": args.split, **result})

@@ -45,10 +45,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Converts ``src`` and writes ``--out``; prints one JSON line."""
+    from dapt_core.checkpoint import CheckpointError
     from dapt_core.data.folders import read_class_list
     from dapt_core.objective import DaptConfig
     from dapt_core.official import import_official
+    from dapt_core.preflight import check_writable
+    from dapt_core.weights import check_weight_file
 
+    if check_weight_file(args.src, "official checkpoint") == "safetensors":
+        raise CheckpointError(f"{args.src} is a safetensors file, not an official .pth.tar checkpoint; a prompt "
+                              "set of this tool needs no import")
+    check_writable(args.out)
     classnames = read_class_list(args.classes) if args.classes else data_splits(args).classnames
     backbone = load_backbone(args)
     dapt = DaptConfig(cue=args.dapt) if args.dapt != "off" else None

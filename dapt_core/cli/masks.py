@@ -92,7 +92,11 @@ def run(args: argparse.Namespace) -> int:
     from dapt_core.segment import get_segmenter
     from dapt_core.segment.bulk import learner_context_fn, precompute_masks
 
+    from dapt_core.preflight import check_images, check_writable
+
+    check_writable(args.out, folder=True)
     splits, classnames, samples = _samples(args)
+    check_images(samples, args.split)
     options = {"model_type": args.sam_model, "checkpoint": args.sam_checkpoint} if args.segmenter == "sam" else {}
     # The segmenter first: a missing SAM checkpoint should fail before a backbone is loaded.
     segmenter = get_segmenter(args.segmenter, **options)

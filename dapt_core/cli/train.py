@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     from dapt_core.data.masks import MaskFolder
     from dapt_core.learners import build_learner
     from dapt_core.objective import unreached_terms
+    from dapt_core.preflight import check_images, check_masks, check_writable
     from dapt_core.train import (
         TrainConfig, config_dict, evaluate, few_shot_validation, model_selection, seed_everything, train_prompts,
     )
@@ -111,23 +112,30 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                       shots=args.shots, selection=args.selection)
     dapt = _dapt_config(args)
+    check_writable(out)
     splits = data_splits(args)
-    backbone = load_backbone(args)
     masks = None
     if args.dapt == "mask":
         if not args.masks:
             raise ValueError("--dapt mask needs --masks DIR (a mask file per training image)")
         masks = MaskFolder(args.masks, image_root(splits))
+    # the images and masks training reads are looked at before the backbone loads
+    train = few_shot(splits.train, args.shots, args.seed)
+    val = few_shot_validation(splits.val, args.shots, args.seed)
+    check_images(train, "training")
+    check_images(val, "validation")
+    if not args.no_eval:
+        check_images(splits.test, "test")
+    check_masks(train, masks)
+    backbone = load_backbone(args)
     options = {k: v for k, v in {"n_ctx": args.n_ctx, "ctx_init": args.ctx_init, "depth": args.depth,
                                  "class_specific": args.class_specific or None}.items() if v is not None}
     seed_everything(args.seed)
     learner = build_learner(args.learner, backbone, splits.classnames, **options)
-    train = few_shot(splits.train, args.shots, args.seed)
     train, data_selection = select_samples(train, selection, backbone=backbone, classnames=splits.classnames)
     log.info("training %s (DAPT %s) on %d images of %d classes", args.learner, args.dapt, len(train),
              splits.num_classes)
     state = out.with_name(out.name + ".state.pt")
-    val = few_shot_validation(splits.val, args.shots, args.seed)
     run_info = {"data": args.data, "subsample": args.subsample, "shots": args.shots, "masks": args.masks,
                 "select_fraction": args.select_fraction, "select_method": args.select_method}
     history = train_prompts(learner, train, cfg, dapt, masks=masks, val_samples=val, state_path=state,

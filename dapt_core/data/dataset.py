@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from dapt_core.data.masks import aspect_ratios_match
 from dapt_core.data.records import MASK_RANGE_TOLERANCE, DataError, Sample
 from dapt_core.imageio import ImageInputError, load_image
 from dapt_core.preprocess import Box, to_model_input
@@ -162,6 +163,9 @@ class PromptDataset(Dataset):
         if mask_arr is None:
             mask = torch.ones(1, *size)
         else:
+            if not aspect_ratios_match((mask_arr.shape[1], mask_arr.shape[0]), (width, height)):
+                raise DataError(f"mask for image {sample.path} is {mask_arr.shape[1]}x{mask_arr.shape[0]} but the "
+                                f"image is {width}x{height}; a mask must cover the same picture")
             # A mask at another resolution covers the same scene: scale the box instead of the mask.
             sx, sy = mask_arr.shape[1] / width, mask_arr.shape[0] / height
             mask_box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)

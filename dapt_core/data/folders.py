@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import random
+import unicodedata
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +23,8 @@ from dapt_core.data.coop import list_coop_datasets, load_coop
 from dapt_core.data.records import SPLIT_DIRS, DataError, DatasetSplits, Sample, list_images
 
 log = logging.getLogger(__name__)
+
+MAX_CLASS_LIST_BYTES = 1 << 20  # a class-list file; ImageNet's 1000 names take about 15 KB
 
 __all__ = ["few_shot", "image_root", "list_coop_datasets", "load_coop", "load_imagefolder", "parse_data_spec",
            "read_class_list", "subsample_classes"]
@@ -193,9 +196,30 @@ def image_root(splits: DatasetSplits) -> Path:
 
 
 def read_class_list(path: str | Path) -> list[str]:
-    """Class names from a file: one per line, or comma-separated; at least two."""
-    text = Path(path).read_text(encoding="utf-8")
+    """Class names from a UTF-8 text file: one per line, or comma-separated; at least two, no repeats.
+
+    Raises:
+        DataError: no such file, a file over :data:`MAX_CLASS_LIST_BYTES`, not UTF-8 text (a binary file),
+            control characters in a name, a repeated name, or fewer than two names.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"class list {path} {'is a folder' if path.is_dir() else 'does not exist'}")
+    if path.stat().st_size > MAX_CLASS_LIST_BYTES:
+        raise DataError(f"class list {path} is larger than {MAX_CLASS_LIST_BYTES // 1024} KB; it should hold one "
+                        "class name a line")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise DataError(f"class list {path} is not UTF-8 text (byte {err.start}); it should hold one class name "
+                        "a line") from err
     names = [line.strip() for line in text.replace(",", "\n").splitlines() if line.strip()]
+    odd = next((n for n in names if any(unicodedata.category(c) == "Cc" for c in n)), None)
+    if odd is not None:
+        raise DataError(f"class list {path}: the name {odd!r} holds control characters")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise DataError(f"class list {path} names {', '.join(map(repr, repeated[:5]))} more than once")
     if len(names) < 2:
         raise DataError(f"class list {path} names {len(names)} class(es); at least two are needed")
     return names

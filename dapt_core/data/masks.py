@@ -18,7 +18,7 @@ from typing import Callable, Protocol, runtime_checkable
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from dapt_core.constants import MASK_THRESHOLD
+from dapt_core.constants import MASK_ASPECT_TOLERANCE, MASK_THRESHOLD
 from dapt_core.fileio import atomic_path
 from dapt_core.data.records import DataError, MASK_RANGE_TOLERANCE, Sample
 
@@ -64,6 +64,18 @@ def _as_mask(array: np.ndarray, source: str) -> np.ndarray:
             return array.astype(np.float32)
         return _binary(array)
     raise DataError(f"mask {source} has unsupported dtype {array.dtype}")
+
+
+def aspect_ratios_match(mask_size: tuple[int, int], image_size: tuple[int, int],
+                        tolerance: float = MASK_ASPECT_TOLERANCE) -> bool:
+    """True when a mask of ``(width, height)`` covers the same picture as an image of ``(width, height)``:
+    equal sizes, or aspect ratios within ``tolerance`` of each other (it is then rescaled onto the image)."""
+    if mask_size == image_size:
+        return True
+    (mw, mh), (iw, ih) = mask_size, image_size
+    if min(mw, mh, iw, ih) <= 0:
+        return False
+    return abs((mw / mh) / (iw / ih) - 1.0) <= tolerance
 
 
 def _binary(levels: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ __all__ = ["UnsafeCheckpointError", "WeightFileError", "check_weight_file", "saf
 
 SAFETENSORS_HEADER_MAX = 100 * 2**20  # safetensors' own limit on its JSON header
 PICKLE_PROTO = 0x80  # first byte of a pickle of protocol 2 or later: torch's legacy (pre-1.6) format
+ZIP_MAGIC = b"PK\x03\x04"  # a zip file's first local header
 TORCH_ZIP_RECORD = "data.pkl"  # the pickle inside a torch.save zip (``<archive>/data.pkl``)
 KINDS = ("safetensors", "torch-zip", "torch-legacy")  # what check_weight_file tells apart
 
@@ -87,9 +88,12 @@ def check_weight_file(path: str | Path, what: str = "weights file") -> str:
                                   f"{TORCH_ZIP_RECORD} inside)")
         return "torch-zip"
     with file.open("rb") as f:
-        first = f.read(1)
-    if first and first[0] == PICKLE_PROTO:
+        first = f.read(4)
+    if first[:1] and first[0] == PICKLE_PROTO:
         return "torch-legacy"
+    if first == ZIP_MAGIC:
+        raise WeightFileError(f"{what} {file} starts like a zip file (a torch checkpoint?) but is truncated or "
+                              "damaged; it was not loaded")
     raise WeightFileError(f"{what} {file} is neither a safetensors file nor a torch checkpoint; it was not "
                           "loaded")
 
