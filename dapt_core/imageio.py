@@ -137,30 +137,6 @@ def image_to_array(image: Image.Image) -> np.ndarray:
     return np.array(rgb, dtype=np.uint8, copy=True)
 
 
-def downscale_for_display(image: Image.Image, max_side: int) -> Image.Image:
-    """Shrink an image so its longer side is at most ``max_side``, keeping the aspect ratio.
-
-    Args:
-        image: any PIL image.
-        max_side: largest allowed width or height in pixels, positive.
-
-    Returns:
-        A new image; a copy of ``image`` when it is already small enough (never enlarged).
-
-    Raises:
-        ValueError: ``max_side`` is not positive.
-    """
-    if max_side <= 0:
-        raise ValueError(f"max_side must be positive, got {max_side}")
-    width, height = image.size
-    longest = max(width, height)
-    if longest <= max_side:
-        return image.copy()
-    scale = max_side / longest
-    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return image.resize(new_size, Image.Resampling.LANCZOS)
-
-
 def _describe(source: object) -> str:
     if isinstance(source, (str, os.PathLike)):
         return str(source)

@@ -14,7 +14,6 @@ from PIL import Image
 from dapt_core.imageio import (
     DEFAULT_MAX_PIXELS,
     ImageInputError,
-    downscale_for_display,
     image_to_array,
     load_image,
     to_rgb,
@@ -328,11 +327,3 @@ def test_image_to_array_and_to_rgb() -> None:
     assert array.shape == (2, 4, 3) and array.dtype == np.uint8 and array.flags.writeable
     assert int(array[1, 3, 0]) == 200
     assert to_rgb(Image.new("RGBA", (1, 1), (0, 0, 0, 0))).getpixel((0, 0)) == WHITE
-
-
-def test_downscale_for_display() -> None:
-    image = Image.new("RGB", (400, 100))
-    assert downscale_for_display(image, 200).size == (200, 50)
-    assert downscale_for_display(image, 1000).size == (400, 100)
-    with pytest.raises(ValueError, match="max_side"):
-        downscale_for_display(image, 0)
