@@ -161,8 +161,8 @@ class Handlers:
 
     @_guard
     def train(self, source: str, zip_file: Any, learner: str, cue: str, shots: float, epochs: float, name: str,
-              seed: float, folder: str | None, mask_segmenter: str | None,
-              request: gr.Request) -> Iterator[support.TrainProgress]:
+              seed: float, folder: str | None, request: gr.Request,
+              mask_segmenter: str | None = None) -> Iterator[support.TrainProgress]:
         """Queues a training job and streams its place in line, progress, losses and the saved prompt set."""
         self.catalog.check_room()  # a full user folder is said before the training, not after it
         job = self.trainer.submit(_owner(request), source, support.upload_path(zip_file), learner, cue, shots,
