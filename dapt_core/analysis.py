@@ -173,16 +173,21 @@ def analyze(image: ImageSource, prompt_sets: list[PromptLearner] | list[tuple[st
         timings["segment"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    results = []
-    for (name, label, _), set_cam, cam in zip(named, set_cams, cams):
-        results.append(PromptSetResult(
-            name=name, label=label, top5=_top_k(set_cam.logits, classnames), target=classnames[set_cam.target],
-            cam=cam, object_share=None if fg is None else object_share(cam, fg),
-            pointing_hit=None if fg is None else pointing_game(cam, fg)))
+    results = _set_results(named, set_cams, cams, classnames, fg)
     timings["metrics"] = time.perf_counter() - tick
     timings["total"] = time.perf_counter() - started
     return AnalysisResult(image=pixels, mask=fg, segmentation=segmentation, results=results,
                           cam_method=cam_method, timings=timings, shared_forward=shared)
+
+
+def _set_results(named: list[tuple[str, str, PromptLearner]], set_cams: list[SetCam], cams: list[np.ndarray],
+                 classnames: list[str], fg: np.ndarray | None) -> list[PromptSetResult]:
+    """Each set's top-5, target, image-sized CAM and, with a foreground, its share on the object and pointing hit."""
+    return [PromptSetResult(name=name, label=label, top5=_top_k(set_cam.logits, classnames),
+                            target=classnames[set_cam.target], cam=cam,
+                            object_share=None if fg is None else object_share(cam, fg),
+                            pointing_hit=None if fg is None else pointing_game(cam, fg))
+            for (name, label, _), set_cam, cam in zip(named, set_cams, cams)]
 
 
 def _run_sets(learners: list[PromptLearner], batch: torch.Tensor, target: int | None, method: str,
