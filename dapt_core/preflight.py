@@ -18,6 +18,7 @@ import struct
 import tempfile
 import time
 import warnings
+import zipfile
 import zlib
 from pathlib import Path
 from typing import Sequence
@@ -36,7 +37,7 @@ __all__ = ["OutputError", "check_images", "image_problem", "check_masks", "check
 
 BAD_FILES_SHOWN = 3  # a refusal names at most this many bad files (and says how many there are)
 JPEG_DRAFT_SCALE = 8  # a JPEG is decoded at 1/8 of its size (libjpeg's DCT scaling): cheap, and it reads it all
-_BROKEN = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error)
+_BROKEN = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error, zipfile.BadZipFile)
 
 
 class OutputError(DaptError):
@@ -134,7 +135,11 @@ def _size_of(path: Path) -> tuple[int, int]:
     import numpy as np
 
     if path.suffix.lower() == ".npy":
-        shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        if not isinstance(array, np.ndarray):  # a .npz archive
+            array.close()
+            raise DataError(f"mask {path} is an .npz archive, not one array")
+        shape = array.shape
         if len(shape) not in (2, 3):
             raise DataError(f"mask {path} has shape {shape}, not (H, W)")
         return int(shape[1]), int(shape[0])
@@ -156,7 +161,7 @@ def check_masks(samples: Sequence[Sample], masks: object) -> None:
     find = getattr(masks, "find", None)
     if find is None:
         return
-    missing, bad = [], []
+    missing, unreadable, bad = [], [], []
     for sample in samples:
         path = find(sample)
         if path is None:
@@ -166,8 +171,11 @@ def check_masks(samples: Sequence[Sample], masks: object) -> None:
             mask_size = _size_of(Path(path))
             with Image.open(sample.path) as img:
                 image_size = img.size
-        except (UnidentifiedImageError, ValueError, *_BROKEN) as err:
-            bad.append(f"{path} (unreadable: {type(err).__name__})")
+        except DataError as err:
+            unreadable.append(str(err))
+            continue
+        except (UnidentifiedImageError, *_BROKEN) as err:
+            unreadable.append(f"{path} ({type(err).__name__})")
             continue
         if not aspect_ratios_match(mask_size, image_size):
             bad.append(f"{path} is {mask_size[0]}x{mask_size[1]} but its image {sample.path.name} is "
@@ -175,6 +183,8 @@ def check_masks(samples: Sequence[Sample], masks: object) -> None:
     if missing:
         raise DataError(f"the mask folder {getattr(masks, 'root', '')} has no mask for {len(missing)} training "
                         f"image(s), e.g. {', '.join(missing[:BAD_FILES_SHOWN])}")
+    if unreadable:
+        raise DataError(f"{len(unreadable)} mask(s) cannot be read: {'; '.join(unreadable[:BAD_FILES_SHOWN])}")
     if bad:
         raise DataError(f"{len(bad)} mask(s) do not cover the same picture as their image (aspect ratios differ "
                         f"by more than {MASK_ASPECT_TOLERANCE:.0%}): {'; '.join(bad[:BAD_FILES_SHOWN])}")

@@ -323,6 +323,19 @@ def test_mask_readers(tmp_path, kind):
         read_mask_file(bad.npy(tmp_path / "m.npy", array))
 
 
+@pytest.mark.parametrize("data", [b"", b"PK\x03\x04"])
+def test_an_empty_or_zip_like_npy_mask_is_refused(tmp_path, data):
+    """Found by tests/test_fuzz.py: numpy raises EOFError on an empty .npy, BadZipFile on one starting like a zip."""
+    with pytest.raises(DataError, match="cannot read mask"):
+        read_mask_file(bad.write(tmp_path, "m.npy", data))
+
+
+def test_an_npz_archive_named_npy_is_refused(tmp_path):
+    np.savez(tmp_path / "a.npz", m=np.eye(3))
+    with pytest.raises(DataError, match="an .npz archive"):
+        read_mask_file(bad.write(tmp_path, "m.npy", (tmp_path / "a.npz").read_bytes()))
+
+
 def test_a_pickled_npy_mask_is_refused_unread(tmp_path):
     path = bad.npy(tmp_path / "m.npy", np.array([bad.Payload()], dtype=object), allow_pickle=True)
     with pytest.raises(DataError, match="cannot read mask"):
@@ -484,3 +497,33 @@ def test_app_handlers_show_plain_errors_without_server_paths(world, tmp_path, ti
         message = caught.value.message
         assert named in message and str(tmp_path) not in message and message != support.INTERNAL_ERROR, what
     assert tree(catalog.user_dir, catalog.folders["bundled"]) == before
+
+
+@pytest.mark.parametrize("field,value", [("shots", "inf"), ("shots", float("nan")), ("epochs", "two"),
+                                         ("epochs", 2.5), ("seed", None), ("shots", [1])])
+def test_training_form_numbers_that_are_no_whole_numbers(tmp_path, field, value):
+    form = {"shots": 1, "epochs": 1, "seed": 1, field: value}
+    archive = bad.zip_file(tmp_path / "in", "u.zip", bad.good_members())
+    with pytest.raises(ValueError, match=f"{field} must be a whole number") as caught:
+        support.request_from_form("zip", archive, "coop", "off", form["shots"], form["epochs"], "x", form["seed"],
+                                  None, tmp_path / "work")
+    assert support.user_message(caught.value) is not None  # shown to the visitor, not "went wrong on the server"
+    assert not (tmp_path / "work").exists()  # refused before the zip was unpacked
+
+
+@pytest.mark.parametrize("text,named", [("dog", "at least two"), ("dog, dog", "duplicate"), ("a, , ,", "at least two")])
+def test_class_lists_typed_in_the_app(text, named):
+    from dapt_core.learners import PromptError
+
+    with pytest.raises(PromptError, match=named):
+        support.parse_classnames(text)
+    assert support.parse_classnames(" ,  ") is None
+
+
+@pytest.mark.parametrize("name,data", [("0.npy", b""), ("0.npy", b"PK\x03\x04"), ("0.png", b"not a png")])
+def test_unreadable_training_masks_are_refused_before_training(world, tmp_path, name, data):
+    masks = tmp_path / "masks"
+    sample = Sample(world["data"] / "train" / "red" / "0.png", 0, "red")
+    bad.write(masks / "train" / "red", name, data)
+    with pytest.raises(DataError, match="1 mask\\(s\\) cannot be read"):
+        check_masks([sample], MaskFolder(masks, world["data"]))

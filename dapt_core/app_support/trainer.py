@@ -3,6 +3,7 @@ watched (place in line, epoch, losses) until the saved prompt set can be handed 
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from pathlib import Path
@@ -49,6 +50,7 @@ def request_from_form(source: str, archive: Path | None, learner: str, cue: str,
     Raises:
         ValueError: a missing zip, an unknown source, or a request that cannot run (:meth:`TrainRequest.validate`).
     """
+    shots, epochs, seed = (_whole_number(v, n) for v, n in ((shots, "shots"), (epochs, "epochs"), (seed, "seed")))
     data = None
     if source == "zip":
         if archive is None:
@@ -61,12 +63,22 @@ def request_from_form(source: str, archive: Path | None, learner: str, cue: str,
     masks = None
     if cue == "mask" and data is not None and reviewed_masks is not None:
         masks = reviewed_masks(data, workdir / "masks")
-    shots, epochs = int(shots), int(epochs)
     req = TrainRequest(source="synthetic" if source == "synthetic" else "folder", learner=learner, cue=cue,
-                       shots=shots, epochs=epochs, folder=data, seed=int(seed),
+                       shots=shots, epochs=epochs, folder=data, seed=seed,
                        name=(name or "").strip() or f"{learner}-{cue}-{shots}shot", masks=masks)
     req.validate()
     return req
+
+
+def _whole_number(value: object, name: str) -> int:
+    """A form's number (a slider sends 2.0) as an int; anything else (text, NaN, infinity, 2.5) is refused."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a whole number, got {value!r}") from None
+    if not math.isfinite(number) or number != int(number):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    return int(number)
 
 
 def progress_text(view: JobView, ahead: int, epochs: int) -> str:

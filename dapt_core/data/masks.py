@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import zipfile
 from pathlib import Path
 from typing import Callable, Protocol, runtime_checkable
 
@@ -92,8 +93,11 @@ def read_mask_file(path: Path) -> np.ndarray:
     if path.suffix.lower() == ".npy":
         try:
             array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # an empty, cut or fake-zip .npy file
             raise DataError(f"cannot read mask {path}: {err}") from err
+        if not isinstance(array, np.ndarray):  # a .npz archive of several arrays
+            array.close()
+            raise DataError(f"cannot read mask {path}: it is an .npz archive, not one array")
         return _as_mask(array, str(path))
     try:
         with Image.open(path) as img:
