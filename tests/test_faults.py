@@ -52,8 +52,10 @@ def _files(folder: Path) -> list[str]:
 def _kill_when(cmd: list[str], ready, *, cwd: Path = ROOT, env: dict | None = None) -> subprocess.Popen:
     """Starts ``cmd``, polls ``ready(proc)`` until it is true, then kills the process with SIGKILL; fails the test
     when the process ends by itself first (then nothing was interrupted)."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env or ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True)
+    # as many torch threads as this process uses: a float sum split over other threads rounds otherwise, and the
+    # killed run's epochs are compared bit for bit with epochs run here
+    env = {**(env or ENV), "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     deadline = time.monotonic() + KILL_TIMEOUT_S
     try:
         while not ready(proc):
