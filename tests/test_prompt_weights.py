@@ -89,3 +89,27 @@ def test_a_prompt_set_without_a_fingerprint_still_loads_by_name(tiny_backbone, s
     with caplog.at_level(logging.INFO, logger="dapt_core.checkpoint"):
         assert load_prompt_set(path, tiny_backbone).classnames == CLASSES
     assert "no weights fingerprint" in caplog.text
+
+
+def test_another_weights_tag_or_width_is_refused_by_name(tiny_backbone, saved):
+    from dapt_core.checkpoint import check_compatible
+
+    _, path = saved
+    meta = read_info(path).meta
+    retagged = dataclasses.replace(tiny_backbone, spec=dataclasses.replace(tiny_backbone.spec, pretrained="v2"))
+    with pytest.raises(CheckpointError) as err:
+        load_prompt_set(path, retagged)
+    assert str(err.value) == ("prompt set p.safetensors was made for backbone 'tiny-vit' (tiny-vit, weights random), "
+                              "but the loaded backbone is 'tiny-vit' (tiny-vit, weights v2); load it with the "
+                              "backbone it was trained on")
+    with pytest.raises(CheckpointError, match="^prompt set was made for backbone 'tiny-vit' "):
+        check_compatible(meta, retagged)
+    with pytest.raises(CheckpointError, match="weights v2"):
+        check_compatible({**meta, "pretrained": "v1"}, retagged)
+    # a random-weights prompt set fits only the backbone of its name
+    renamed = dataclasses.replace(tiny_backbone, spec=dataclasses.replace(tiny_backbone.spec, name="tiny-2"))
+    with pytest.raises(CheckpointError, match="'tiny-2'"):
+        check_compatible(meta, renamed)
+    with pytest.raises(CheckpointError, match="made for backbone"):
+        check_compatible({**meta, "text_width": tiny_backbone.text_width + 1}, tiny_backbone)
+    check_compatible({k: v for k, v in meta.items() if k != "text_width"}, tiny_backbone)  # optional field
