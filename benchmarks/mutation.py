@@ -106,10 +106,13 @@ TESTS = (
     "tests/test_checkpoint.py",
     "tests/test_background_official.py",
     "tests/test_method_pins.py",
+    "tests/test_method_pins_training.py",
+    "tests/test_method_pins_towers.py",
     "tests/test_prompt_weights.py",
 )
-DESELECT = (  # minutes each on a 2-core machine: a whole ViT-B/16, and full training runs
+DESELECT = (  # each builds a whole ViT-B/16 or trains for several epochs: seconds to minutes per mutant
     "tests/test_learners.py::test_every_registered_backbone_runs_both_learners",
+    "tests/test_checkpoint.py::test_other_backbone_is_refused_naming_both",
     "tests/test_checkpoint.py::test_resume_after_interruption_matches_an_uninterrupted_run",
 )
 KILLED = {"killed", "timeout"}
@@ -145,22 +148,25 @@ def write_config(work: Path, tests: list[str]) -> None:
         f.write("\n".join(lines))
 
 
-def verdicts(work: Path) -> dict[str, str]:
-    """Status of every mutant of :data:`FUNCTIONS`, from mutmut's ``.meta`` files."""
+def verdicts(work: Path) -> dict[str, tuple[str, str]]:
+    """Status and source file of every mutant of :data:`FUNCTIONS`, from mutmut's ``.meta`` files."""
     from mutmut.stats import status_by_exit_code
 
     found = {}
     for meta in (work / "mutants").rglob("*.py.meta"):
+        source = str(meta.relative_to(work / "mutants"))[:-len(".meta")]
         codes = json.loads(meta.read_text(encoding="utf-8")).get("exit_code_by_key", {})
         for name, code in codes.items():
             if any(fnmatch.fnmatchcase(name, pattern) for pattern in FUNCTIONS):
-                found[name] = status_by_exit_code[code]
+                found[name] = (status_by_exit_code[code], source)
     return dict(sorted(found.items()))
 
 
-def mutant_diff(work: Path, name: str) -> str:
-    shown = subprocess.run(["mutmut", "show", name], cwd=work, capture_output=True, text=True)
-    lines = shown.stdout.splitlines()
+def mutant_diff(name: str, source: str) -> str:
+    """The changed lines of one mutant (run from the work folder: mutmut reads its config from there)."""
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+
+    lines = get_diff_for_mutant(name, path=source).splitlines()
     return "\n".join(line for line in lines if line[:1] in "+-" and not line.startswith(("+++", "---")))
 
 
@@ -171,14 +177,32 @@ def score(statuses: list[str]) -> dict:
             "kill_rate": round(100.0 * killed / len(statuses), 1) if statuses else None}
 
 
-def report(found: dict[str, str], work: Path) -> dict:
-    by_file: dict[str, list[str]] = {}
-    for name, status in found.items():
-        module = name.split(".x", 1)[0]
-        by_file.setdefault(module, []).append(status)
-    survivors = [{"name": n, "status": s, "diff": mutant_diff(work, n)} for n, s in found.items() if s not in KILLED]
-    return {"total": score(list(found.values())), "by_module": {m: score(s) for m, s in sorted(by_file.items())},
-            "survivors": survivors}
+def report(found: dict[str, tuple[str, str]], work: Path) -> dict:
+    by_module: dict[str, list[str]] = {}
+    for name, (status, _) in found.items():
+        by_module.setdefault(name.split(".x", 1)[0], []).append(status)
+    here = Path.cwd()
+    os.chdir(work)
+    try:
+        survivors = [{"name": n, "status": s, "diff": mutant_diff(n, source)}
+                     for n, (s, source) in found.items() if s not in KILLED]
+    finally:
+        os.chdir(here)
+    return {"total": score([s for s, _ in found.values()]),
+            "by_module": {m: score(s) for m, s in sorted(by_module.items())}, "survivors": survivors}
+
+
+def run_mutmut(work: Path, limit_s: int) -> tuple[int, bool, str]:
+    """Runs mutmut on :data:`FUNCTIONS`; returns (seconds, whether it finished in time, the end of its log)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    started = time.perf_counter()
+    try:
+        run = subprocess.run(["mutmut", "run", "--max-children", "1", *FUNCTIONS], cwd=work, env=env,
+                             capture_output=True, text=True, timeout=limit_s)
+        finished, log_tail = run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    except subprocess.TimeoutExpired as err:
+        finished, log_tail = False, f"stopped after {limit_s} s: {str(err.stdout or '')[-1000:]}"
+    return round(time.perf_counter() - started), finished, log_tail
 
 
 def main() -> int:
@@ -189,24 +213,19 @@ def main() -> int:
     parser.add_argument("--work", type=Path, help="work folder (default /tmp/dapt-mutation/LABEL)")
     parser.add_argument("--limit-s", type=int, default=1800, help="wall-clock bound of the mutmut run")
     parser.add_argument("--json", type=Path, help="where to write the report (default WORK/report.json)")
+    parser.add_argument("--report-only", action="store_true", help="only read the verdicts of an earlier run")
     args = parser.parse_args()
     if shutil.which("mutmut") is None:
         sys.exit("mutmut is not installed: pip install mutmut")
-    work = args.work or Path("/tmp/dapt-mutation") / args.label
+    work = (args.work or Path("/tmp/dapt-mutation") / args.label).resolve()
     commit = resolve(args.rev)
     tests_commit = resolve(args.tests_rev) if args.tests_rev else commit
-    export_tree(commit, work, tests_commit)
+    seconds, finished, log_tail = None, True, ""
+    if not args.report_only:
+        export_tree(commit, work, tests_commit)
+        write_config(work, [t for t in TESTS if (work / t).exists()])
+        seconds, finished, log_tail = run_mutmut(work, args.limit_s)
     tests = [t for t in TESTS if (work / t).exists()]
-    write_config(work, tests)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-    started = time.perf_counter()
-    try:
-        run = subprocess.run(["mutmut", "run", "--max-children", "1", *FUNCTIONS], cwd=work, env=env,
-                             capture_output=True, text=True, timeout=args.limit_s)
-        finished, log_tail = run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    except subprocess.TimeoutExpired as err:
-        finished, log_tail = False, f"stopped after {args.limit_s} s: {str(err.stdout or '')[-1000:]}"
-    seconds = round(time.perf_counter() - started)
     found = verdicts(work)
     result = {"label": args.label, "rev": args.rev, "commit": commit, "tests_commit": tests_commit,
               "seconds": seconds, "finished": finished,
