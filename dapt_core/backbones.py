@@ -107,6 +107,28 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """The device a request names (None: :func:`default_device`), checked to exist on this machine.
+
+    Raises:
+        BackboneError: a name torch does not know, or a CUDA device this machine does not have.
+    """
+    if device is None:
+        return default_device()
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise BackboneError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from err
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise BackboneError(f"device {device!r} was asked for, but this machine has no CUDA GPU; use cpu")
+        if resolved.index is not None and resolved.index >= count:
+            raise BackboneError(f"device {device!r} was asked for, but this machine has {count} CUDA GPU(s) "
+                                f"(cuda:0..cuda:{count - 1})")
+    return resolved
+
+
 @dataclass
 class Backbone:
     """A frozen open_clip CLIP with what prompt learners need to know about it."""
@@ -202,7 +224,7 @@ def load_backbone(name: str = "ViT-B-16", *, weights_path: str | Path | None = N
         weights.WeightsNotFoundError: the weights are not here and cannot be fetched.
     """
     spec = get_backbone_spec(name)
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     resolved: Path | None = None
     if weights_path is not None or spec.weights is not None:
         from dapt_core import weights  # imported here so that random test backbones need no resolver

@@ -20,13 +20,14 @@ import time
 import warnings
 import zipfile
 import zlib
+from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
 from PIL import Image, UnidentifiedImageError
 
 from dapt_core.constants import MASK_ASPECT_TOLERANCE, MAX_IMAGE_PIXELS
-from dapt_core.data.masks import aspect_ratios_match
+from dapt_core.data.masks import aspect_ratios_match, npy_header
 from dapt_core.data.records import DataError, Sample
 from dapt_core.errors import DaptError
 
@@ -36,6 +37,7 @@ __all__ = ["OutputError", "check_images", "image_problem", "check_masks", "check
            "check_writable"]
 
 BAD_FILES_SHOWN = 3  # a refusal names at most this many bad files (and says how many there are)
+PASSED_MEMORY = 200_000  # files remembered as checked (by path, size and mtime), so a second check is a stat
 JPEG_DRAFT_SCALE = 8  # a JPEG is decoded at 1/8 of its size (libjpeg's DCT scaling): cheap, and it reads it all
 _BROKEN = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error, zipfile.BadZipFile)
 
@@ -107,11 +109,24 @@ def image_problem(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> str | None:
     return None
 
 
+_PASSED: OrderedDict[tuple, None] = OrderedDict()  # images that passed check_images, by _stamp
+
+
+def _stamp(path: Path, max_pixels: int) -> tuple | None:
+    """What identifies a checked file: a changed file (size or mtime) is checked again."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return str(path), stat.st_size, stat.st_mtime_ns, max_pixels
+
+
 def check_images(samples: Sequence[Sample], what: str = "training", *, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
     """Refuses a set of images with any file that is not a readable image, naming the first few.
 
     Each file's header is read and its data looked at cheaply (see the module docstring); no image is decoded
-    in full, so a few thousand images take about a second.
+    in full (benchmarks/bench_preflight.py: about a quarter of the cost of decoding each once). A file that
+    passed before and has not changed (size, mtime) is not looked at again.
 
     Raises:
         DataError: the bad files (at most :data:`BAD_FILES_SHOWN`, with the count) and why each is bad.
@@ -119,9 +134,16 @@ def check_images(samples: Sequence[Sample], what: str = "training", *, max_pixel
     started = time.perf_counter()
     bad = []
     for sample in {s.path: s for s in samples}.values():
+        stamp = _stamp(Path(sample.path), max_pixels)
+        if stamp is not None and stamp in _PASSED:
+            continue
         reason = image_problem(Path(sample.path), max_pixels)
         if reason is not None:
             bad.append(f"{sample.path} ({reason})")
+        elif stamp is not None:
+            _PASSED[stamp] = None
+            while len(_PASSED) > PASSED_MEMORY:
+                _PASSED.popitem(last=False)
     log.debug("looked at %d %s images in %.2f s", len(samples), what, time.perf_counter() - started)
     if bad:
         shown = "; ".join(bad[:BAD_FILES_SHOWN]) + (f"; and {len(bad) - BAD_FILES_SHOWN} more"
@@ -131,15 +153,9 @@ def check_images(samples: Sequence[Sample], what: str = "training", *, max_pixel
 
 
 def _size_of(path: Path) -> tuple[int, int]:
-    """(width, height) of a mask file from its header (``.npy``: the array's shape, memory-mapped)."""
-    import numpy as np
-
+    """(width, height) of a mask file from its header (``.npy``: the shape its header declares)."""
     if path.suffix.lower() == ".npy":
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-        if not isinstance(array, np.ndarray):  # a .npz archive
-            array.close()
-            raise DataError(f"mask {path} is an .npz archive, not one array")
-        shape = array.shape
+        shape, _ = npy_header(path)
         if len(shape) not in (2, 3):
             raise DataError(f"mask {path} has shape {shape}, not (H, W)")
         return int(shape[1]), int(shape[0])

@@ -206,6 +206,8 @@ BAD_MASK_ARRAYS = {
     "0..255 floats": (np.full((4, 4), 255.0, np.float32), r"\[0, 1\]"),
     "NaN": (np.full((4, 4), np.nan, np.float32), "finite"),
     "complex": (np.zeros((4, 4), np.complex64), "unsupported dtype"),
+    "negative labels": (np.full((4, 4), -1, np.int32), "0/1 labels or 0..255"),  # found by the fuzzer
+    "16-bit levels": (np.full((4, 4), 1000, np.uint16), "0/1 labels or 0..255"),
 }
 
 BAD_CLASS_LISTS = {

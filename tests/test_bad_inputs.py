@@ -332,8 +332,24 @@ def test_an_empty_or_zip_like_npy_mask_is_refused(tmp_path, data):
 
 def test_an_npz_archive_named_npy_is_refused(tmp_path):
     np.savez(tmp_path / "a.npz", m=np.eye(3))
-    with pytest.raises(DataError, match="an .npz archive"):
+    with pytest.raises(DataError, match="not a .npy array"):
         read_mask_file(bad.write(tmp_path, "m.npy", (tmp_path / "a.npz").read_bytes()))
+
+
+def test_npy_headers_that_lie_are_refused_without_allocating(tmp_path):
+    """Found by tests/test_fuzz.py: a damaged header raised tokenize.TokenError; a header claiming a huge shape
+    made numpy try to allocate it (MemoryError, or gigabytes when it is merely large)."""
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.eye(6, dtype=np.float32))
+    good = buf.getvalue()
+    for data, named in ((good.replace(b"{'descr'", b"z'descr'"), "not a .npy array"),
+                        (good.replace(b"(6, 6)", b"(99999, 99999)"), "over the cap"),
+                        (good.replace(b"(6, 6)", b"(6, 7)"), "cut or padded"),
+                        (good[:-8], "cut or padded")):
+        with pytest.raises(DataError, match=named):
+            read_mask_file(bad.write(tmp_path, "m.npy", data))
 
 
 def test_a_pickled_npy_mask_is_refused_unread(tmp_path):
@@ -527,3 +543,46 @@ def test_unreadable_training_masks_are_refused_before_training(world, tmp_path, 
     bad.write(masks / "train" / "red", name, data)
     with pytest.raises(DataError, match="1 mask\\(s\\) cannot be read"):
         check_masks([sample], MaskFolder(masks, world["data"]))
+
+
+@pytest.mark.parametrize("device,named", [("bogus", "unknown device 'bogus'"), ("cuda:7", "cuda:7")])
+def test_a_device_this_machine_lacks_is_refused(world, tmp_path, capsys, device, named):
+    import torch
+
+    from dapt_core.backbones import BackboneError, load_backbone
+
+    if device.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has that GPU")
+    with pytest.raises(BackboneError, match=named):
+        load_backbone("tiny-vit", device=device)
+    _refused(capsys, ["eval", "--prompts", str(world["prompts"]), "--data", f"imagefolder:{world['data']}",
+                      "--device", device], named, tmp_path, world["root"])
+
+
+def test_cuda_on_a_machine_without_one_is_refused():
+    import torch
+
+    from dapt_core.backbones import BackboneError, resolve_device
+
+    if torch.cuda.is_available():
+        assert resolve_device("cuda").type == "cuda"
+        return
+    with pytest.raises(BackboneError, match="no CUDA GPU; use cpu"):
+        resolve_device("cuda")
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_a_checked_image_is_looked_at_again_only_when_it_changes(tmp_path, monkeypatch):
+    from dapt_core import preflight
+
+    path = bad.write(tmp_path, "a.png", bad.png_bytes())
+    looked = []
+    real = preflight.image_problem
+    monkeypatch.setattr(preflight, "image_problem", lambda p, m: looked.append(p) or real(p, m))
+    check_images([Sample(path, 0, "x")])
+    check_images([Sample(path, 0, "x")])
+    assert looked == [path]
+    bad.truncated_png(tmp_path, "a.png")  # the same name, now broken: looked at again and refused
+    with pytest.raises(DataError, match="cannot be read"):
+        check_images([Sample(path, 0, "x")])
+    assert looked == [path, path]

@@ -188,7 +188,7 @@ def test_zip_reader_writes_only_checked_class_folders_inside_its_target(data):
             assert sorted(p.name for p in work.iterdir()) == []  # nothing half-extracted
         else:
             files = [p for p in dest.rglob("*") if p.is_file()]
-            assert files and all(p.parent.parent == dest for p in files)  # class/image, nothing deeper
+            assert files and all(len(p.relative_to(dest).parts) >= 2 for p in files)  # each under a class
             assert all(image_problem(p) is None for p in files)
             assert len({p.parent for p in files}) >= 2
         assert sorted(p.name for p in root.iterdir()) == ["in", "work"]  # nothing landed outside work/

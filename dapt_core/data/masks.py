@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
-import zipfile
+import tokenize
 from pathlib import Path
 from typing import Callable, Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from dapt_core.constants import MASK_ASPECT_TOLERANCE, MASK_THRESHOLD
+from dapt_core.constants import MASK_ASPECT_TOLERANCE, MASK_THRESHOLD, MAX_IMAGE_PIXELS
 from dapt_core.fileio import atomic_path
 from dapt_core.data.records import DataError, MASK_RANGE_TOLERANCE, Sample
 
@@ -60,8 +61,12 @@ def _as_mask(array: np.ndarray, source: str) -> np.ndarray:
                             f"got [{array.min()}, {array.max()}]")
         return np.clip(array, 0.0, 1.0).astype(np.float32)
     if np.issubdtype(array.dtype, np.integer):
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high > MASK_LEVELS:
+            raise DataError(f"integer mask {source} must hold 0/1 labels or 0..{MASK_LEVELS} levels, "
+                            f"got [{low}, {high}]")
         # 0/1 label maps are as common as 0/255 images.
-        if array.max() <= 1:
+        if high <= 1:
             return array.astype(np.float32)
         return _binary(array)
     raise DataError(f"mask {source} has unsupported dtype {array.dtype}")
@@ -84,6 +89,33 @@ def _binary(levels: np.ndarray) -> np.ndarray:
     return (levels / float(MASK_LEVELS) >= MASK_THRESHOLD).astype(np.float32)
 
 
+def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype a ``.npy`` file's header declares, checked against the file's size and the pixel cap
+    (:data:`~dapt_core.constants.MAX_IMAGE_PIXELS`) without reading or allocating the data.
+
+    Raises:
+        DataError: no ``.npy`` header (an empty file, a zip or ``.npz`` archive, text), a damaged header, a
+            dtype of Python objects, more elements than the cap, or a size that does not match the header.
+    """
+    try:
+        with path.open("rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+            data_bytes = path.stat().st_size - f.tell()
+    except (OSError, ValueError, EOFError, SyntaxError, TypeError, tokenize.TokenError) as err:
+        raise DataError(f"cannot read mask {path}: not a .npy array ({type(err).__name__}: {err})") from err
+    count = math.prod(shape)
+    if dtype.hasobject:
+        raise DataError(f"cannot read mask {path}: it holds Python objects, which are not loaded")
+    if count > MAX_IMAGE_PIXELS:
+        raise DataError(f"cannot read mask {path}: shape {shape} is over the cap of {MAX_IMAGE_PIXELS:,} values")
+    if count * dtype.itemsize != data_bytes:
+        raise DataError(f"cannot read mask {path}: its header declares {shape} {dtype} but the file holds "
+                        f"{data_bytes} bytes of data (cut or padded)")
+    return tuple(shape), dtype
+
+
 def read_mask_file(path: Path) -> np.ndarray:
     """Reads a mask file: an image (grayscale, 128 and up is foreground) or a ``.npy`` array.
 
@@ -91,13 +123,11 @@ def read_mask_file(path: Path) -> np.ndarray:
         float32 (H, W) in [0, 1].
     """
     if path.suffix.lower() == ".npy":
+        npy_header(path)  # before numpy allocates what the header claims
         try:
             array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:  # an empty, cut or fake-zip .npy file
+        except (OSError, ValueError, EOFError) as err:
             raise DataError(f"cannot read mask {path}: {err}") from err
-        if not isinstance(array, np.ndarray):  # a .npz archive of several arrays
-            array.close()
-            raise DataError(f"cannot read mask {path}: it is an .npz archive, not one array")
         return _as_mask(array, str(path))
     try:
         with Image.open(path) as img:
