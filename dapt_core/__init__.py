@@ -33,6 +33,7 @@ _API = {
     "parse_data_spec": "dapt_core.data.folders",
     "few_shot": "dapt_core.data.folders",
     "load_image": "dapt_core.imageio",
+    "DaptError": "dapt_core.errors",
 }
 
 __all__ = sorted(_API)

@@ -586,3 +586,15 @@ def test_a_checked_image_is_looked_at_again_only_when_it_changes(tmp_path, monke
     with pytest.raises(DataError, match="cannot be read"):
         check_images([Sample(path, 0, "x")])
     assert looked == [path, path]
+
+
+@pytest.mark.parametrize("kind", ["parent path", "absolute path", "truncated image"])
+def test_a_bad_zip_in_the_training_form_is_refused_and_leaves_nothing(tmp_path, kind):
+    members, named = bad.BAD_ZIPS[kind]
+    archive = bad.zip_file(tmp_path / "in", "upload.zip", members)
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(support.UploadError, match=named) as caught:
+        support.request_from_form("zip", archive, "coop", "off", 1, 1, "x", 1, None, work)
+    assert tree(work) == [str(work)]
+    assert str(tmp_path) not in support.user_message(caught.value)
