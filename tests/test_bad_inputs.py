@@ -598,3 +598,11 @@ def test_a_bad_zip_in_the_training_form_is_refused_and_leaves_nothing(tmp_path, 
         support.request_from_form("zip", archive, "coop", "off", 1, 1, "x", 1, None, work)
     assert tree(work) == [str(work)]
     assert str(tmp_path) not in support.user_message(caught.value)
+
+
+@pytest.mark.parametrize("data,named", [(b"\x89PNG\r\n\x1a\n\xff\xfe", "not UTF-8 text"),
+                                        (b"data: [1, 2\n  x: {", "cannot read grid config"),
+                                        (b'!!python/object/apply:os.system ["echo ran"]\n', "cannot read grid config")])
+def test_grid_configs_that_are_no_yaml_mapping(tmp_path, capsys, data, named):
+    config = bad.write(tmp_path / "in", "grid.yaml", data)
+    _refused(capsys, ["grid", str(config), "--dry-run", "--out", str(tmp_path / "out")], named, tmp_path)

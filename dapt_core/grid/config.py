@@ -85,6 +85,8 @@ def _read_yaml(path: Path) -> dict:
         content = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as err:
         raise GridConfigError(f"cannot read grid config {path}: {err}") from err
+    except UnicodeDecodeError as err:
+        raise GridConfigError(f"cannot read grid config {path}: it is not UTF-8 text (byte {err.start})") from err
     if content is None:
         return {}
     if not isinstance(content, dict):
