@@ -352,6 +352,16 @@ def test_npy_headers_that_lie_are_refused_without_allocating(tmp_path):
             read_mask_file(bad.write(tmp_path, "m.npy", data))
 
 
+def test_broken_and_huge_mask_images_are_refused(tmp_path):
+    """Found by tests/test_fuzz.py: PIL raises ValueError ("Truncated IHDR chunk") on a damaged PNG header."""
+    data = bytearray(bad.png_bytes((8, 8)))
+    data[11] = 0x0C  # IHDR's length field says 12 bytes instead of 13
+    for path, named in ((bad.write(tmp_path, "ihdr.png", bytes(data)), "Truncated IHDR"),
+                        (bad.huge_png(tmp_path), "over the cap")):
+        with pytest.raises(DataError, match=named):
+            read_mask_file(path)
+
+
 def test_a_pickled_npy_mask_is_refused_unread(tmp_path):
     path = bad.npy(tmp_path / "m.npy", np.array([bad.Payload()], dtype=object), allow_pickle=True)
     with pytest.raises(DataError, match="cannot read mask"):

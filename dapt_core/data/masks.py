@@ -13,7 +13,10 @@ import hashlib
 import logging
 import math
 import re
+import struct
 import tokenize
+import warnings
+import zlib
 from pathlib import Path
 from typing import Callable, Protocol, runtime_checkable
 
@@ -30,6 +33,9 @@ MASK_EXTENSIONS = (".png", ".npy", ".bmp", ".jpg", ".jpeg")
 MASK_LEVELS = 255  # the cache stores masks as 8-bit PNGs
 HASH_CHUNK_BYTES = 1 << 20
 _HEX_KEY = re.compile(r"[0-9a-f]{8,128}")
+# What PIL raises on a broken or hostile image file ("Truncated IHDR chunk" is a ValueError)
+_IMAGE_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, EOFError, IndexError, struct.error,
+                 zlib.error, Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 
 @runtime_checkable
@@ -130,9 +136,14 @@ def read_mask_file(path: Path) -> np.ndarray:
             raise DataError(f"cannot read mask {path}: {err}") from err
         return _as_mask(array, str(path))
     try:
-        with Image.open(path) as img:
-            gray = np.asarray(img.convert("L"))
-    except (OSError, UnidentifiedImageError) as err:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                if img.width * img.height > MAX_IMAGE_PIXELS:
+                    raise DataError(f"cannot read mask {path}: {img.width}x{img.height} pixels, over the cap of "
+                                    f"{MAX_IMAGE_PIXELS:,}")
+                gray = np.asarray(img.convert("L"))
+    except _IMAGE_ERRORS as err:
         raise DataError(f"cannot read mask {path}: {err}") from err
     return _binary(gray)
 
@@ -248,7 +259,7 @@ class MaskCache:
         try:
             with Image.open(path) as img:
                 return np.asarray(img.convert("L"), dtype=np.float32) / MASK_LEVELS
-        except (OSError, UnidentifiedImageError) as err:
+        except _IMAGE_ERRORS as err:
             raise DataError(f"cannot read cached mask {path}: {err}") from err
 
     def put(self, key: str, mask: np.ndarray) -> None:
