@@ -161,6 +161,18 @@ def zip_bomb(folder: Path, unpacked_bytes: int, name: str = "bomb.zip") -> Path:
     return zip_file(folder, name, {"cat/1.png": png_bytes(), "dog/huge.png": bytes(unpacked_bytes)})
 
 
+def lying_zip_bomb(folder: Path, unpacked_bytes: int, declared_bytes: int = 1000, name: str = "lying.zip") -> Path:
+    """A zip bomb whose headers claim its big member unpacks to ``declared_bytes``, so a size check believes it."""
+    import struct
+
+    path = zip_bomb(folder, unpacked_bytes, name)
+    real, claimed = struct.pack("<I", unpacked_bytes), struct.pack("<I", declared_bytes)
+    data = path.read_bytes()
+    assert data.count(real) == 2  # the local header and the central directory
+    path.write_bytes(data.replace(real, claimed))
+    return path
+
+
 BAD_ZIPS = {
     "parent path": ({**good_members(), "../escape.png": png_bytes()}, "unsafe path"),
     "nested parent path": ({**good_members(), "cat/../../escape.png": png_bytes()}, "unsafe path"),

@@ -458,6 +458,8 @@ def test_zip_bomb_damaged_and_oversized_zips(tmp_path):
             (bad.zip_bomb(tmp_path / "in", 2**20 // 2, "one-big.zip"), "is larger than 0 MB",
              support.UploadLimits(max_file_bytes=2**18)),
             (bad.damaged_zip(tmp_path / "in"), "damaged zip file", support.UploadLimits()),
+            # sizes that lie: zipfile stops at the declared size and the CRC check then fails
+            (bad.lying_zip_bomb(tmp_path / "in", 8 * 2**20), "Bad CRC-32 for file 'dog/huge.png'", limits),
             (bad.text_file(tmp_path / "in", "fake.zip"), "is not a zip file", support.UploadLimits()),
             (bad.zip_file(tmp_path / "in", "big.zip", bad.good_members()), "is larger than",
              support.UploadLimits(max_zip_bytes=100))):
