@@ -212,12 +212,14 @@ def background_text_features(learner: PromptLearner, cfg: DaptConfig) -> torch.T
 
 
 def dapt_losses(learner: PromptLearner, images: torch.Tensor, masks: torch.Tensor | None, labels: torch.Tensor,
-                epoch: int, cfg: DaptConfig, epochs: int | None = None) -> dict[str, torch.Tensor]:
+                epoch: int, cfg: DaptConfig, epochs: int | None = None, *, fast: bool = True) -> dict[str, torch.Tensor]:
     """All loss terms of one batch; ``total`` is what to back-propagate.
 
-    The full image and (when DAPT is on) its foreground and background views go through the image encoder
-    in ONE batched call (the official code makes three). Background prompts are encoded on their own, so
-    they never enter the class logits.
+    Background prompts are encoded on their own, so they never enter the class logits. The views go through
+    the image encoder batched (the official code makes three calls). On the fast path a view whose features
+    every loss detaches (the foreground view always; the background view unless the background term trains
+    through it) runs without autograd, so the backward skips it; the losses and gradients are the plain
+    path's (to fp32 rounding).
 
     Args:
         images: (B, 3, H, W) normalised images.
@@ -225,16 +227,14 @@ def dapt_losses(learner: PromptLearner, images: torch.Tensor, masks: torch.Tenso
         labels: (B,) class indices.
         epoch: the (0-based) epoch, for the schedule.
         epochs: the run's number of epochs (needed by the ``scaled`` schedule).
+        fast: False runs the plain path: the three views in one call with autograd.
     """
     weights = loss_weights(epoch, cfg, epochs)
     active = {k: w for k, w in weights.items() if w > 0}
-    batch = images.shape[0]
     if active:
         if masks is None:
             raise ValueError("DAPT needs a foreground mask for every image")
-        fg, bg = decouple(images, masks)
-        features = learner.encode_image(torch.cat([images, fg, bg]))  # (3B, E)
-        image_features, fg_features, bg_features = features.split(batch)
+        image_features, fg_features, bg_features = _view_features(learner, images, masks, active, cfg, fast)
     else:
         image_features = learner.encode_image(images)
     text_features = learner.text_features()
@@ -249,3 +249,26 @@ def dapt_losses(learner: PromptLearner, images: torch.Tensor, masks: torch.Tenso
         terms["background"] = background_alignment_loss(view, background_text_features(learner, cfg), scale)
     terms["total"] = terms["ce"] + sum(active[k] * terms[k] for k in active)
     return terms
+
+
+def _view_features(learner: PromptLearner, images: torch.Tensor, masks: torch.Tensor, active: dict[str, float],
+                   cfg: DaptConfig, fast: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, E) features of the full image, its foreground view and its background view.
+
+    The full image always carries a graph (the CE term); the background view carries one only when the
+    background term trains through it (active and not ``detach_background_view``); the foreground view never
+    does (the triplet and the foreground term detach it). The plain path gives every view a graph.
+    """
+    batch = images.shape[0]
+    fg, bg = decouple(images, masks)
+    if not fast:
+        return learner.encode_image(torch.cat([images, fg, bg])).split(batch)  # (3B, E) -> 3 x (B, E)
+    if "background" in active and not cfg.detach_background_view:
+        image_features, bg_features = learner.encode_image(torch.cat([images, bg])).split(batch)
+        with torch.no_grad():
+            fg_features = learner.encode_image(fg)
+        return image_features, fg_features, bg_features
+    image_features = learner.encode_image(images)
+    with torch.no_grad():
+        fg_features, bg_features = learner.encode_image(torch.cat([fg, bg])).split(batch)
+    return image_features, fg_features, bg_features

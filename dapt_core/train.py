@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from dapt_core.attention.metrics import binarize
 from dapt_core.attention.cam import compute_cams
+from dapt_core.attention.shared import batch_cams
 from dapt_core.data.dataset import AugmentConfig, PromptDataset
 from dapt_core.data.folders import few_shot
 from dapt_core.data.records import DataError, Sample
@@ -120,17 +121,25 @@ class StepReport:
 
 
 def refresh_gradcam_masks(learner: PromptLearner, dataset: PromptDataset, store: InMemoryMasks,
-                          threshold: float, batch_size: int = 16) -> None:
+                          threshold: float, batch_size: int = 16, *, fast: bool = True) -> None:
     """DAPT's coarse cue: the learner's own Grad-CAM for the true class over each whole training image,
-    binarised at ``threshold`` and stored at the image's original size."""
-    with torch.no_grad():
-        text_features = learner.text_features()
+    binarised at ``threshold`` and stored at the image's original size.
+
+    ``fast`` computes each batch's maps from one forward whose backward stops at the CAM's layer
+    (:func:`~dapt_core.attention.shared.batch_cams`); False runs the ``grad-cam`` package's own call
+    (:func:`~dapt_core.attention.cam.compute_cams`, backward down to the pixels). The maps are the same.
+    """
+    text_features = learner.frozen_text_features()
     for start in range(0, len(dataset), batch_size):
         idx = list(range(start, min(start + batch_size, len(dataset))))
         views = [dataset.full_view(i) for i in idx]
         images = torch.stack([v[0] for v in views]).to(learner.device)
         labels = [dataset.samples[i].label for i in idx]
-        cams = compute_cams(learner, images, labels, text_features=text_features)
+        if fast:
+            with learner.backbone.lock:
+                cams = batch_cams(learner, text_features, images, labels)
+        else:
+            cams = compute_cams(learner, images, labels, text_features=text_features)
         for i, cam, (_, (h, w)) in zip(idx, cams, views):
             full = cv2.resize(cam, (w, h), interpolation=cv2.INTER_LINEAR)
             store.set(i, binarize(full, threshold).astype(np.float32))
@@ -316,7 +325,7 @@ def predict(learner: PromptLearner, samples: list[Sample], batch_size: int = 32,
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     learner.eval()
     with backbone.lock:
-        text_features = learner.text_features()
+        text_features = learner.frozen_text_features()
     preds, labels = [], []
     for batch in tqdm(loader, desc="evaluating", disable=not progress, leave=False):
         with backbone.lock, backbone.autocast():

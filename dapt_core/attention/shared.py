@@ -45,8 +45,7 @@ def class_text_features(learner: PromptLearner) -> torch.Tensor:
         hit = _TEXT_CACHE.get(learner)
     if hit is not None and hit[0] == key:
         return hit[1]
-    with torch.no_grad():
-        features = learner.text_features().detach()
+    features = learner.frozen_text_features()  # chunked: a class list of any length in bounded memory
     with _TEXT_CACHE_LOCK:
         _TEXT_CACHE[learner] = (key, features)
     return features
@@ -75,9 +74,9 @@ class ImageForward:
 
     learner: PromptLearner  # whose image path ran
     layer: nn.Module  # the target layer (last vision block's ln_1)
-    root: torch.Tensor  # (1, L, W) the layer's output as a gradient root (a leaf)
-    image_features: torch.Tensor  # (1, E) normalised image features, with graph back to ``root``
-    activations: np.ndarray  # (1, W, g, g) the root's patch tokens as the package reshapes them
+    root: torch.Tensor  # (B, L, W) the layer's output as a gradient root (a leaf)
+    image_features: torch.Tensor  # (B, E) normalised image features, with graph back to ``root``
+    activations: np.ndarray  # (B, W, g, g) the root's patch tokens as the package reshapes them
 
     def serves(self, learner: PromptLearner) -> bool:
         """Whether ``learner``'s image features are the ones of this forward."""
@@ -103,7 +102,7 @@ def image_forward(learner: PromptLearner, images: torch.Tensor) -> ImageForward:
 
     Args:
         learner: any prompt learner; MaPLe's visual prompt tokens are dropped from the activations.
-        images: (1, 3, S, S) normalised image.
+        images: (B, 3, S, S) normalised images (one image when prompt sets share the forward).
     """
     layer = default_target_layer(learner)
     captured: list[torch.Tensor] = []
@@ -162,19 +161,55 @@ def cams_from_forward(forward: ImageForward, learners: list[PromptLearner], text
                 # the graph is kept for the next set; it goes with ``forward``
                 (grad,) = torch.autograd.grad(logits[index], forward.root, retain_graph=True)
                 grads = reshape(grad).cpu().numpy()
-            cam = _package_maths(cam_object, forward.layer, images, index, forward.activations, grads)
+            cam = _package_maths(cam_object, forward.layer, images, [index], forward.activations, grads)[0]
             results.append(SetCam(logits.detach(), index, cam))
     return results
 
 
-def _package_maths(cam_object: BaseCAM, layer: nn.Module, images: torch.Tensor, target: int,
+def batch_cams(learner: PromptLearner, text_features: torch.Tensor, images: torch.Tensor, targets: list[int],
+               method: str = "gradcam") -> np.ndarray:
+    """Maps of a ``grad-cam`` method for a batch, each image's for its own target class, from ONE forward
+    whose backward stops at the target layer (the package's own call runs it down to the input pixels).
+    Rows of a ViT batch do not interact, so one backward of the summed target logits gives every image its
+    own gradient; the maps equal :func:`dapt_core.attention.cam.compute_cams`'s. DAPT's coarse cue refresh.
+
+    Args:
+        text_features: (C, E) class text features, detached.
+        images: (B, 3, S, S) normalised images.
+        targets: B class indices.
+        method: a key of :data:`dapt_core.attention.cam.GRADCAM_METHODS`.
+
+    Returns:
+        (B, S, S) float32 maps in [0, 1].
+    """
+    if method not in GRADCAM_METHODS:
+        raise ValueError(f"batch_cams runs the single-layer CAMs ({', '.join(GRADCAM_METHODS)}), not {method!r}")
+    if len(targets) != images.shape[0]:
+        raise ValueError(f"{images.shape[0]} images need as many targets, got {len(targets)}")
+    forward = image_forward(learner, images)
+    reshape = vit_reshape(learner.backbone.visual.grid_size, learner.n_visual_prompts)
+    cam_object = GRADCAM_METHODS[method](model=PromptClassifier(learner, text_features),
+                                         target_layers=[forward.layer], reshape_transform=reshape)
+    cam_object.activations_and_grads.release()  # no hook may stay on the shared model
+    grads = None
+    if cam_object.uses_gradients:
+        with torch.enable_grad():
+            logits = learner.logits(forward.image_features, text_features)  # (B, C)
+            picked = logits[torch.arange(len(targets), device=logits.device),
+                            torch.as_tensor(targets, device=logits.device)]
+            (grad,) = torch.autograd.grad(picked.sum(), forward.root)
+        grads = reshape(grad).cpu().numpy()
+    return _package_maths(cam_object, forward.layer, images, list(targets), forward.activations, grads)
+
+
+def _package_maths(cam_object: BaseCAM, layer: nn.Module, images: torch.Tensor, targets: list[int],
                    activations: np.ndarray, grads: np.ndarray | None) -> np.ndarray:
-    """The package's per-method maths on given (1, W, g, g) activations and gradients -> (S, S) in [0, 1]."""
-    raw = cam_object.get_cam_image(images, layer, [ClassifierOutputTarget(target)], activations, grads,
-                                   eigen_smooth=False)
+    """The package's per-method maths on given (B, W, g, g) activations and gradients -> (B, S, S) in [0, 1]."""
+    raw = cam_object.get_cam_image(images, layer, [ClassifierOutputTarget(t) for t in targets], activations,
+                                   grads, eigen_smooth=False)
     # the same ReLU, scaling and upsampling as BaseCAM.compute_cam_per_layer, then its layer aggregation
     scaled = scale_cam_image(np.maximum(raw, 0), cam_object.get_target_width_height(images))
-    return cam_object.aggregate_multi_layers([scaled[:, None, :]])[0]
+    return cam_object.aggregate_multi_layers([scaled[:, None, :]])
 
 
 def prompt_set_cams(learners: list[PromptLearner], text_features: list[torch.Tensor], images: torch.Tensor,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict
 from typing import ClassVar
 
@@ -11,6 +12,9 @@ from torch import nn
 from dapt_core.backbones import Backbone
 from dapt_core.encoders import encode_text_embeddings, normalize
 from dapt_core.errors import DaptError
+
+PROMPT_CACHE_ENTRIES = 8  # token ids / frozen features of extra prompt lists a learner keeps (fast path)
+TEXT_CHUNK = 256  # class prompts per text-encoder call when class features are computed without gradients
 
 
 class PromptError(DaptError):
@@ -24,7 +28,7 @@ def clean_classnames(names: list[str]) -> list[str]:
         raise PromptError(f"need at least two class names, got {len(cleaned)}")
     if any(not n for n in cleaned):
         raise PromptError("class names must not be empty")
-    dupes = sorted({n for n in cleaned if cleaned.count(n) > 1})
+    dupes = sorted(n for n, count in Counter(cleaned).items() if count > 1)  # linear: lists of 5,000 classes
     if dupes:
         raise PromptError(f"duplicate class names: {', '.join(dupes)}")
     return cleaned
@@ -55,6 +59,11 @@ class PromptLearner(nn.Module):
         self.backbone = backbone
         self.n_ctx = n_ctx
         self.prefix = prefix
+        # True: the encoders' exact fast paths (text cut after the last end token with a shared prefix run
+        # once, extra prompts tokenised once, frozen prompt features kept, attention blocks on contiguous
+        # tokens; see dapt_core.encoders); False: the plain paths (kept for equivalence tests and benchmarks)
+        self.fast_paths = True
+        self._prompt_cache: dict[tuple, object] = {}
         self.set_classnames(classnames)
 
     @property
@@ -79,6 +88,22 @@ class PromptLearner(nn.Module):
             raise PromptError(f"prompt too long for the text encoder: {suffixes[too_long[0]]!r}")
         return tokens
 
+    def _cached(self, key: tuple, make):
+        """``make()`` once per key (and device) on the fast path, every call on the plain path. Only for
+        values that depend on nothing learned: token ids, or features of prompts no learned tensor reaches."""
+        if not self.fast_paths:
+            return make()
+        key = (str(self.device), *key)
+        if key not in self._prompt_cache:
+            if len(self._prompt_cache) >= PROMPT_CACHE_ENTRIES:
+                self._prompt_cache.pop(next(iter(self._prompt_cache)))
+            self._prompt_cache[key] = make()
+        return self._prompt_cache[key]
+
+    def _context_prompt_tokens(self, suffixes: list[str]) -> torch.Tensor:
+        """Token ids of extra ``[SOS][ctx] suffix`` prompts, tokenised once on the fast path."""
+        return self._cached(("context", tuple(suffixes)), lambda: self._tokenize_prompts(list(suffixes)))
+
     def _embed_with_context(self, tokens: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
         """(N, L, D) embeddings with positions 1..n_ctx replaced by ``ctx`` ((n_ctx, D) or (N, n_ctx, D))."""
         with torch.no_grad():
@@ -90,7 +115,7 @@ class PromptLearner(nn.Module):
         """Normalised text features (N, E) for prompts with the given context."""
         embeddings = self._embed_with_context(tokens, ctx)
         return normalize(encode_text_embeddings(self.backbone.model, embeddings, tokens,
-                                                self.deep_text_prompts(), self.n_ctx))
+                                                self.deep_text_prompts(), self.n_ctx, fast=self.fast_paths))
 
     def deep_text_prompts(self) -> list[torch.Tensor] | None:
         """Per-layer text prompts (MaPLe); None for shallow learners."""
@@ -99,6 +124,20 @@ class PromptLearner(nn.Module):
     def text_features(self) -> torch.Tensor:
         """(C, E) normalised features of the class prompts."""
         raise NotImplementedError
+
+    @torch.no_grad()
+    def frozen_text_features(self, chunk: int = TEXT_CHUNK) -> torch.Tensor:
+        """(C, E) detached :meth:`text_features`, encoded ``chunk`` class prompts at a time, so that the text
+        tower's memory stays bounded whatever the number of classes (evaluation, analysis)."""
+        if chunk < 1:
+            raise ValueError(f"chunk must be at least 1, got {chunk}")
+        n = self.class_tokens.shape[0]
+        if n <= chunk:
+            return self.text_features().detach()
+        ctx = self.ctx
+        return torch.cat([self._encode_prompts(self.class_tokens[i:i + chunk],
+                                               ctx[i:i + chunk] if ctx.dim() == 3 else ctx)
+                          for i in range(0, n, chunk)])
 
     def prompt_text_features(self, suffixes: list[str]) -> torch.Tensor:
         """(K, E) normalised features of extra prompts behind the learned context, ``[SOS][ctx] suffix``
@@ -115,6 +154,13 @@ class PromptLearner(nn.Module):
             PromptError: a text too long for the text encoder, or shorter than the n_ctx positions the deep
                 prompts overwrite (they would overwrite its end-of-text token).
         """
+        texts = tuple(texts)
+        tokens = self._cached(("plain", texts), lambda: self._checked_plain_tokens(texts))
+        if not self.deep_text_prompts():  # frozen CLIP text: nothing learned reaches these features
+            return self._cached(("plain-features", texts), lambda: self._plain_features(tokens).detach())
+        return self._plain_features(tokens)
+
+    def _checked_plain_tokens(self, texts: tuple[str, ...]) -> torch.Tensor:
         tokens = self.backbone.tokenize(list(texts))
         lengths = (tokens != 0).sum(dim=1) - 2  # words' tokens without start/end
         for text, row, n in zip(texts, tokens, lengths.tolist()):
@@ -123,10 +169,13 @@ class PromptLearner(nn.Module):
             if self.deep_text_prompts() and n < self.n_ctx:
                 raise PromptError(f"plain prompt {text!r} has {n} token(s); the deep prompts overwrite "
                                   f"{self.n_ctx}")
+        return tokens
+
+    def _plain_features(self, tokens: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             embeddings = self.backbone.model.token_embedding(tokens)
         return normalize(encode_text_embeddings(self.backbone.model, embeddings, tokens,
-                                                self.deep_text_prompts(), self.n_ctx))
+                                                self.deep_text_prompts(), self.n_ctx, fast=self.fast_paths))
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """(B, E) normalised image features of (B, 3, H, W) normalised images."""

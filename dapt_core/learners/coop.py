@@ -67,7 +67,7 @@ class CoOp(PromptLearner):
         """``[SOS][ctx] suffix`` prompts, DAPT's background prompts over CoOp (a plain-text prompt would be
         frozen CLIP, which the background term cannot move); a class-specific context is averaged."""
         ctx = self.ctx.mean(dim=0) if self.ctx.dim() == 3 else self.ctx
-        return self._encode_prompts(self._tokenize_prompts(suffixes), ctx)
+        return self._encode_prompts(self._context_prompt_tokens(suffixes), ctx)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         return nn.functional.normalize(self.backbone.visual(images), dim=-1)

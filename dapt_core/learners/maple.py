@@ -74,11 +74,11 @@ class MaPLe(PromptLearner):
 
     def prompt_text_features(self, suffixes: list[str]) -> torch.Tensor:
         """``[SOS][ctx] suffix`` prompts; DAPT's background prompts use :meth:`plain_prompt_features`."""
-        return self._encode_prompts(self._tokenize_prompts(suffixes), self.ctx)
+        return self._encode_prompts(self._context_prompt_tokens(suffixes), self.ctx)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         first, deep = self.visual_prompts()
-        return normalize(encode_image_prompted(self.backbone.visual, images, first, deep))
+        return normalize(encode_image_prompted(self.backbone.visual, images, first, deep, fast=self.fast_paths))
 
 
 def _copy_linear(layer: nn.Linear) -> nn.Linear:
