@@ -41,7 +41,8 @@ from dapt_core.weights.safe_load import KINDS  # noqa: E402
 
 CI_EXAMPLES = 25  # per property in CI: a few seconds each on two cores
 LONG_EXAMPLES = int(os.environ.get("DAPT_FUZZ_EXAMPLES", "2000"))  # per property in the long run (benchmarks/fuzz.py)
-# no example database: nothing is written into the project; a failure prints its shrunk input
+# no example database (a failure prints its shrunk input); hypothesis keeps only its constants cache in
+# .hypothesis/, which git ignores through the .gitignore hypothesis writes there
 settings.register_profile("ci", max_examples=CI_EXAMPLES, deadline=None, derandomize=True, database=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 settings.register_profile("long", max_examples=LONG_EXAMPLES, deadline=None, database=None,
