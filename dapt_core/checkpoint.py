@@ -60,9 +60,13 @@ def backbone_fingerprint(backbone: Backbone) -> str:
     """A short hash of the backbone's frozen weights, to tell two sets of weights of one architecture apart.
 
     Every parameter tensor contributes its name, its shape and an evenly strided sample of about
-    :data:`FINGERPRINT_SAMPLES` of its values (as float32): other weights of the same architecture (another
+    :data:`FINGERPRINT_SAMPLES` of its values (all of them below twice that many), as float32, so the same
+    values held in another precision give the same fingerprint: other weights of the same architecture (another
     pre-training, a fine-tune, another random seed) differ everywhere, and hashing a sample keeps this at a few
     milliseconds for a ViT-B/16. It is not a checksum of every byte of a weight file.
+
+    Returns:
+        16 hexadecimal digits.
     """
     digest = hashlib.sha256()
     with torch.no_grad():

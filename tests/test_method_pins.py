@@ -268,6 +268,9 @@ def test_the_cam_cue_is_gradcam_for_the_asked_class_at_ln1(deep_backbone, kind):
                                    atol=2e-4)
     # the class matters on these images, so a CAM taken for another class cannot pass
     assert np.abs(hand_gradcam(learner, images, [0, 2]) - hand_gradcam(learner, images, [1, 0])).max() > 0.05
+    with torch.no_grad():  # no targets: each image's predicted class
+        predicted = learner(images).argmax(dim=1).tolist()
+    np.testing.assert_allclose(compute_cams(learner, images), hand_gradcam(learner, images, predicted), atol=2e-4)
 
 
 def test_dapt_without_masks_is_refused():

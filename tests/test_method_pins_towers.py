@@ -1,8 +1,9 @@
 """The prompted towers (dapt_core.encoders) where open_clip's models differ from the default one.
 
-The learners must give the same features whatever the layout of the blocks (open_clip's older sequence-first
-``(L, N, D)`` one), with low-precision weights and fp32 prompts (open_clip's ``convert_weights_to_lp``), without an image
-projection, and with a linear text projection read at the end-of-text token.
+The learners must give the same features whatever the layout of the blocks (open_clip's older
+sequence-first ``(L, N, D)`` one), with low-precision weights and fp32 prompts (open_clip's
+``convert_weights_to_lp``), without an image projection, and with a linear text projection read at the
+end-of-text token.
 """
 
 import copy

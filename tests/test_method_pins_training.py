@@ -26,7 +26,7 @@ from dapt_core.data.dataset import PromptDataset
 from dapt_core.data.folders import load_imagefolder
 from dapt_core.learners import build_learner
 from dapt_core.objective import DaptConfig
-from dapt_core.train import TrainConfig, classification_metrics, lr_at, train_prompts
+from dapt_core.train import TrainConfig, classification_metrics, harmonic_mean, lr_at, train_prompts
 
 CLASSES = ["apple", "bird", "car", "dog"]  # base: apple, bird; novel: car, dog
 
@@ -146,9 +146,18 @@ def test_the_optimizer_steps_with_the_scheduled_rate(tiny_backbone, folder, monk
 def test_macro_f1_by_hand():
     preds, labels = np.array([0, 1, 2, 2, 1]), np.array([0, 1, 1, 1, 1])
     # class 0: tp 1 -> F1 1; class 1: tp 2, fn 2 -> 4/6; class 2 (never true, predicted twice): F1 0
-    got = classification_metrics(preds, labels)
-    assert got["macro_f1"] == pytest.approx(100 * (1 + 4 / 6 + 0) / 3, abs=1e-4)
-    assert got["accuracy"] == pytest.approx(100 * 3 / 5) and got["n"] == 5
+    assert classification_metrics(preds, labels) == {"accuracy": 60.0, "macro_f1": round(100 * (1 + 4 / 6) / 3, 4),
+                                                     "n": 5}
+    # percentages kept to 4 decimals; a single image is a set like any other
+    assert classification_metrics(np.array([0, 1, 1]), np.array([0, 1, 0]))["accuracy"] == 66.6667
+    assert classification_metrics(np.array([1]), np.array([1])) == {"accuracy": 100.0, "macro_f1": 100.0, "n": 1}
+    with pytest.raises(ValueError, match="^no images to evaluate$"):
+        classification_metrics(np.array([], dtype=int), np.array([], dtype=int))
+
+
+def test_harmonic_mean_by_hand():
+    assert harmonic_mean(80.0, 60.0) == 2 * 80.0 * 60.0 / 140.0
+    assert harmonic_mean(50.0, 50.0) == 50.0 and harmonic_mean(90.0, 0.0) == 0.0 and harmonic_mean(0.0, 0.0) == 0.0
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -53,8 +53,9 @@ def test_the_same_architecture_with_other_weights_is_refused_naming_both(tiny_ba
     assert ours != theirs
     with pytest.raises(CheckpointError) as err:
         load_prompt_set(path, other)
-    message = str(err.value)
-    assert ours in message and theirs in message and "other weights" in message and "tiny-vit" in message
+    assert str(err.value) == (f"prompt set p.safetensors was made for backbone 'tiny-vit' with weights fingerprint "
+                              f"{ours}, but the loaded backbone 'tiny-vit' has the same architecture with other "
+                              f"weights (fingerprint {theirs}); load it with the weights it was trained on")
     assert list_prompt_sets(tmp_path, other) == []
     assert [info.path for info in list_prompt_sets(tmp_path, tiny_backbone)] == [path]
 
@@ -73,6 +74,23 @@ def test_every_frozen_tensor_enters_the_fingerprint(tiny_backbone):
         with torch.no_grad():
             tensor.copy_(saved)
     assert backbone_fingerprint(backbone) == reference
+    assert len(reference) == 16 and int(reference, 16) >= 0
+    small = model.ln_final.weight  # a tensor of at most FINGERPRINT_SAMPLES values enters whole
+    with torch.no_grad():
+        small[1] += 1e-3
+    assert backbone_fingerprint(backbone) != reference
+
+
+def test_the_same_weights_in_another_precision_have_the_same_fingerprint(tiny_backbone):
+    from open_clip.model import convert_weights_to_lp
+
+    low = copy.deepcopy(tiny_backbone.model)
+    convert_weights_to_lp(low, dtype=torch.bfloat16)
+    assert low.visual.conv1.weight.dtype == torch.bfloat16
+    same_values = copy.deepcopy(low).float()  # the bf16 weights, held in fp32
+    fingerprint = backbone_fingerprint(with_model(tiny_backbone, low))
+    assert fingerprint == backbone_fingerprint(with_model(tiny_backbone, same_values))
+    assert fingerprint != backbone_fingerprint(tiny_backbone)  # rounding to bf16 did change the weights
 
 
 def test_a_prompt_set_without_a_fingerprint_still_loads_by_name(tiny_backbone, saved, caplog):
@@ -106,6 +124,9 @@ def test_another_weights_tag_or_width_is_refused_by_name(tiny_backbone, saved):
         check_compatible(meta, retagged)
     with pytest.raises(CheckpointError, match="weights v2"):
         check_compatible({**meta, "pretrained": "v1"}, retagged)
+    check_compatible({**meta, "pretrained": "v2"}, retagged)  # the same tag (and the same weights) fits
+    with pytest.raises(CheckpointError, match=r"\(tiny-vit, weights random\); load it with the backbone it was"):
+        check_compatible({**meta, "pretrained": "v1"}, tiny_backbone)
     # a random-weights prompt set fits only the backbone of its name
     renamed = dataclasses.replace(tiny_backbone, spec=dataclasses.replace(tiny_backbone.spec, name="tiny-2"))
     with pytest.raises(CheckpointError, match="'tiny-2'"):
