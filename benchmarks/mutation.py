@@ -1,6 +1,7 @@
 """Mutation testing of the DAPT method's core with mutmut 3: which small bugs in the method would the tests catch?
 
 Usage: python benchmarks/mutation.py [--rev HEAD] [--label after] [--limit-s 1800] [--json FILE]
+       python benchmarks/mutation.py --planted [--rev HEAD]
 
 Not part of CI and not a project dependency: a script tool. Install it with ``pip install mutmut`` (written
 against mutmut 3.8; mutmut 3 rewrites every function into a trampoline that switches between the original and
@@ -22,6 +23,10 @@ What it does:
 4. reads every mutant's verdict from mutmut's ``.meta`` files and writes a JSON report: counts per status, the
    kill rate (killed or timed out over all mutants of the subset, mutants no selected test reaches counting
    as survivors) per file and in all, and the diff of every surviving mutant.
+
+``--planted`` runs instead the hand-planted bugs of ``benchmarks/mutation.planted.json`` (the wiring bugs that
+issue 11 names, each with the tests that must catch it): each is applied alone to the export, its tests run
+(pytest ``-x``), the file is restored; a bug whose line is no longer in the code is reported as not applied.
 
 The before/after figures of docs/results/mutation.md come from two runs of this script:
 ``--rev <commit before the new tests> --label before`` and ``--rev <commit with them> --label after``.
@@ -116,6 +121,7 @@ DESELECT = (  # each builds a whole ViT-B/16 or trains for several epochs: secon
     "tests/test_checkpoint.py::test_resume_after_interruption_matches_an_uninterrupted_run",
 )
 KILLED = {"killed", "timeout"}
+PLANTED = Path(__file__).resolve().with_name("mutation.planted.json")
 
 
 def resolve(rev: str) -> str:
@@ -205,6 +211,43 @@ def run_mutmut(work: Path, limit_s: int) -> tuple[int, bool, str]:
     return round(time.perf_counter() - started), finished, log_tail
 
 
+def run_planted(work: Path) -> list[dict]:
+    """Applies each bug of :data:`PLANTED` alone, runs its tests, restores the file; one record per bug."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    records = []
+    for bug in json.loads(PLANTED.read_text(encoding="utf-8")):
+        path = work / bug["file"]
+        original = path.read_text(encoding="utf-8")
+        record = {"bug": bug["bug"], "file": bug["file"]}
+        if original.count(bug["old"]) != 1:
+            records.append({**record, "applied": False})
+            print(f"not applied (the line is not in the code): {bug['bug']}", flush=True)
+            continue
+        path.write_text(original.replace(bug["old"], bug["new"]), encoding="utf-8")
+        try:
+            run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                                  *bug["tests"]], cwd=work, env=env, capture_output=True, text=True)
+        finally:
+            path.write_text(original, encoding="utf-8")
+        failed = [line.split(" - ")[0] for line in run.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+        records.append({**record, "applied": True, "caught": run.returncode != 0, "by": failed[:1]})
+        print(f"{'caught' if run.returncode else 'MISSED'}: {bug['bug']} {failed[:1]}", flush=True)
+    return records
+
+
+def planted_main(args: argparse.Namespace) -> int:
+    work = (args.work or Path("/tmp/dapt-mutation") / "planted").resolve()
+    commit = resolve(args.rev)
+    export_tree(commit, work, resolve(args.tests_rev) if args.tests_rev else commit)
+    records = run_planted(work)
+    out = args.json or work / "planted.json"
+    out.write_text(json.dumps({"commit": commit, "bugs": records}, indent=1) + "\n", encoding="utf-8")
+    applied = [r for r in records if r["applied"]]
+    print(f"{sum(r['caught'] for r in applied)}/{len(applied)} planted bugs caught "
+          f"({len(records) - len(applied)} not applied); report: {out}")
+    return 0 if all(r["caught"] for r in applied) else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rev", default="HEAD", help="commit to test (its committed tree, not the working tree)")
@@ -214,7 +257,10 @@ def main() -> int:
     parser.add_argument("--limit-s", type=int, default=1800, help="wall-clock bound of the mutmut run")
     parser.add_argument("--json", type=Path, help="where to write the report (default WORK/report.json)")
     parser.add_argument("--report-only", action="store_true", help="only read the verdicts of an earlier run")
+    parser.add_argument("--planted", action="store_true", help="run the hand-planted bugs instead of mutmut")
     args = parser.parse_args()
+    if args.planted:
+        return planted_main(args)
     if shutil.which("mutmut") is None:
         sys.exit("mutmut is not installed: pip install mutmut")
     work = (args.work or Path("/tmp/dapt-mutation") / args.label).resolve()
