@@ -1,6 +1,11 @@
 """Screenshot of the offline app: start `python app.py`, compare the bundled prompt sets on one example image.
 
     python benchmarks/screenshot_app.py [--example 02_conflicting_triangle_on_sky_256.png] [--out docs/screenshot.png]
+        [--all-tabs]
+
+``--all-tabs`` also saves beside ``--out`` the compare tab with its accordions open (``<out>-options.png``),
+the tuning tab with the zip source and the mask cue chosen, so every hidden part shows (``<out>-tuning.png``),
+and the prompts tab (``<out>-prompts.png``): what to compare by eye when the layout code changes.
 
 Needs Chromium (`apt-get install chromium`; `DAPT_CHROMIUM` overrides the path) and playwright's Python package.
 """
@@ -35,12 +40,33 @@ def wait_for_server(url: str, proc: subprocess.Popen) -> None:
     raise TimeoutError(f"app.py did not answer at {url} within {START_TIMEOUT_S} s")
 
 
+def shoot_other_tabs(page, out: Path) -> None:
+    """The compare tab's accordions opened, the tuning tab (zip source and mask cue chosen: every optional part
+    visible) and the prompts tab."""
+    page.get_by_text("Options", exact=True).click()
+    page.get_by_text("Raw results (JSON)").click()
+    page.get_by_text("Foreground segmenter").wait_for()
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(out.with_name(f"{out.stem}-options.png")), full_page=True)
+    page.get_by_role("tab", name="Few-shot tuning").click()
+    page.get_by_label("a zip with one folder per class").check()
+    page.get_by_label("mask", exact=True).check()
+    page.get_by_text("Masks of your images (mask cue)").wait_for()
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(out.with_name(f"{out.stem}-tuning.png")), full_page=True)
+    page.get_by_role("tab", name="Model and prompts").click()
+    page.get_by_text("Loaded backbone").wait_for()
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(out.with_name(f"{out.stem}-prompts.png")), full_page=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--example", default="02_conflicting_triangle_on_sky_256.png",
                         help="file in assets/examples to compare on")
     parser.add_argument("--out", default=str(ROOT / "docs" / "screenshot.png"))
     parser.add_argument("--port", type=int, default=7871)
+    parser.add_argument("--all-tabs", action="store_true", help="also screenshot the tuning and prompts tabs")
     args = parser.parse_args()
     example = ROOT / "assets" / "examples" / args.example
     if not example.is_file():
@@ -63,6 +89,8 @@ def main() -> int:
                 page.locator("#compare-gallery img").nth(1).wait_for()
                 page.wait_for_timeout(2000)  # let the plot and table settle
                 page.screenshot(path=args.out, full_page=True)
+                if args.all_tabs:
+                    shoot_other_tabs(page, Path(args.out))
             finally:
                 browser.close()
     finally:
