@@ -2,7 +2,8 @@
 
 `render_scene` and `generate` make single scenes and data sets; `make_task` builds a few-shot task
 whose training backgrounds are a spurious cue; `export_imagefolder` and `export_task` write scenes
-for the CLI and `load_scenes` reads them back.
+for the CLI and `load_scenes` reads them back. `dapt_core.world.web` is the web-like world of the `synth-web`
+backbone (objects on their home backgrounds, alt-text captions), rendered from a `WebSpec` in separable layers.
 """
 
 from dapt_core.world.export import (
@@ -25,6 +26,21 @@ from dapt_core.world.shapes import (
 )
 from dapt_core.world.task import SpuriousTask, make_task, spurious_pairing
 from dapt_core.world.textures import BACKGROUND_CLASSES, render_background
+from dapt_core.world.web import (
+    DEFAULT_WEB_CONFIG,
+    HOME_BACKGROUNDS,
+    WEB_BACKGROUND_CLASSES,
+    WEB_BACKGROUND_PHRASES,
+    WebScene,
+    WebSpec,
+    WebWorldConfig,
+    render_background_layer,
+    render_object_layer,
+    render_web_scene,
+    scene_spec,
+    with_background,
+)
+from dapt_core.world.web_shapes import LOOKALIKE_GROUPS, WEB_COLOURS, WEB_OBJECT_CLASSES
 from dapt_core.world.scenes import (
     BACKGROUND_PHRASES,
     CAPTION_TEMPLATES,
@@ -46,9 +62,16 @@ __all__ = [
     "CAPTION_TEMPLATES",
     "COLOURS",
     "DEFAULT_SCENE_CONFIG",
+    "DEFAULT_WEB_CONFIG",
+    "HOME_BACKGROUNDS",
+    "LOOKALIKE_GROUPS",
     "METADATA_NAME",
     "MIN_SIZE",
     "OBJECT_CLASSES",
+    "WEB_BACKGROUND_CLASSES",
+    "WEB_BACKGROUND_PHRASES",
+    "WEB_COLOURS",
+    "WEB_OBJECT_CLASSES",
     "ImageFolderExport",
     "ObjectPose",
     "PoseConfig",
@@ -57,6 +80,9 @@ __all__ = [
     "SpuriousTask",
     "TASK_SPLITS",
     "UnknownClassError",
+    "WebScene",
+    "WebSpec",
+    "WebWorldConfig",
     "choose_colour",
     "default_mask_root",
     "export_imagefolder",
@@ -68,8 +94,13 @@ __all__ = [
     "make_task",
     "read_mask",
     "render_background",
+    "render_background_layer",
+    "render_object_layer",
     "render_object_mask",
     "render_scene",
+    "render_web_scene",
     "sample_pose",
+    "scene_spec",
     "spurious_pairing",
+    "with_background",
 ]
