@@ -2,6 +2,7 @@
 
 Usage: python benchmarks/mutation.py [--rev HEAD] [--label after] [--limit-s 1800] [--json FILE]
        python benchmarks/mutation.py --planted [--rev HEAD]
+       python benchmarks/mutation.py --compare BEFORE.json AFTER.json   (Markdown tables of two reports)
 
 Not part of CI and not a project dependency: a script tool. Install it with ``pip install mutmut`` (written
 against mutmut 3.8; mutmut 3 rewrites every function into a trampoline that switches between the original and
@@ -35,6 +36,7 @@ The before/after figures of docs/results/mutation.md come from two runs of this 
 from __future__ import annotations
 
 import argparse
+import configparser
 import fnmatch
 import json
 import os
@@ -43,6 +45,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,6 +107,7 @@ FUNCTIONS = (
 )
 
 # the fast test subset (pytest arguments); files missing at --rev are left out and listed in the report
+# (tests_not_run, with any file added here after the run for --report-only)
 TESTS = (
     "tests/test_objective.py",
     "tests/test_learners.py",
@@ -114,6 +118,7 @@ TESTS = (
     "tests/test_method_pins_training.py",
     "tests/test_method_pins_towers.py",
     "tests/test_prompt_weights.py",
+    "tests/test_fast_paths.py",  # the plain paths, kept for equivalence, and which path ran
 )
 DESELECT = (  # each builds a whole ViT-B/16 or trains for several epochs: seconds to minutes per mutant
     "tests/test_learners.py::test_every_registered_backbone_runs_both_learners",
@@ -152,6 +157,16 @@ def write_config(work: Path, tests: list[str]) -> None:
     lines += ["process_isolation = fork", "use_git_change_detection = false", ""]
     with open(work / "setup.cfg", "a", encoding="utf-8") as f:
         f.write("\n".join(lines))
+
+
+def configured_tests(work: Path) -> tuple[list[str], list[str]]:
+    """The test files and deselected tests the run in ``work`` was configured with (its setup.cfg), which
+    an earlier version of :data:`TESTS` may have chosen (``--report-only``)."""
+    parser = configparser.ConfigParser()
+    parser.read(work / "setup.cfg", encoding="utf-8")
+    args = parser.get("mutmut", "pytest_add_cli_args_test_selection", fallback="").split()
+    return ([a for a in args if not a.startswith("--")],
+            [a.split("=", 1)[1] for a in args if a.startswith("--deselect=")])
 
 
 def verdicts(work: Path) -> dict[str, tuple[str, str]]:
@@ -195,7 +210,15 @@ def report(found: dict[str, tuple[str, str]], work: Path) -> dict:
     finally:
         os.chdir(here)
     return {"total": score([s for s, _ in found.values()]),
-            "by_module": {m: score(s) for m, s in sorted(by_module.items())}, "survivors": survivors}
+            "by_module": {m: score(s) for m, s in sorted(by_module.items())}, "survivors": survivors,
+            "statuses": {name: status for name, (status, _) in found.items()}}
+
+
+def mutmut_version() -> str:
+    try:
+        return version("mutmut")
+    except PackageNotFoundError:
+        return "not installed"
 
 
 def run_mutmut(work: Path, limit_s: int) -> tuple[int, bool, str]:
@@ -235,6 +258,34 @@ def run_planted(work: Path) -> list[dict]:
     return records
 
 
+def _cell(killed: int, mutants: int, bold: bool = False) -> str:
+    text = f"{killed}/{mutants} ({round(100.0 * killed / mutants, 1)}%)" if mutants else "-"
+    return f"**{text}**" if bold else text
+
+
+def compare(before: dict, after: dict) -> str:
+    """Markdown: the kill rate per module and in all of two reports, then over the mutants both reports name.
+
+    Mutant names are numbered within their function, so the shared line compares the same mutations exactly
+    when both runs mutated the same commit (``--tests-rev``: new tests, same mutants); across commits a
+    function whose code changed may number other mutations alike.
+    """
+    rows = ["| module | before | after |", "|---|---|---|"]
+    for module in sorted(set(before["by_module"]) | set(after["by_module"])):
+        cells = [_cell(r["by_module"][module]["killed"], r["by_module"][module]["mutants"])
+                 if module in r["by_module"] else "-" for r in (before, after)]
+        rows.append(f"| {module} | {cells[0]} | {cells[1]} |")
+    rows.append(f"| all | {_cell(before['total']['killed'], before['total']['mutants'], True)} | "
+                f"{_cell(after['total']['killed'], after['total']['mutants'], True)} |")
+    if "statuses" in before and "statuses" in after:
+        shared = sorted(set(before["statuses"]) & set(after["statuses"]))
+        kills = [sum(r["statuses"][n] in KILLED for n in shared) for r in (before, after)]
+        same = " (same commit)" if before.get("commit") == after.get("commit") else ""
+        rows.append(f"| mutants in both{same} | {_cell(kills[0], len(shared), True)} | "
+                    f"{_cell(kills[1], len(shared), True)} |")
+    return "\n".join(rows)
+
+
 def planted_main(args: argparse.Namespace) -> int:
     work = (args.work or Path("/tmp/dapt-mutation") / "planted").resolve()
     commit = resolve(args.rev)
@@ -258,7 +309,11 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="where to write the report (default WORK/report.json)")
     parser.add_argument("--report-only", action="store_true", help="only read the verdicts of an earlier run")
     parser.add_argument("--planted", action="store_true", help="run the hand-planted bugs instead of mutmut")
+    parser.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE", "AFTER"), help="tables of two reports")
     args = parser.parse_args()
+    if args.compare:
+        print(compare(*(json.loads(path.read_text(encoding="utf-8")) for path in args.compare)))
+        return 0
     if args.planted:
         return planted_main(args)
     if shutil.which("mutmut") is None:
@@ -266,21 +321,24 @@ def main() -> int:
     work = (args.work or Path("/tmp/dapt-mutation") / args.label).resolve()
     commit = resolve(args.rev)
     tests_commit = resolve(args.tests_rev) if args.tests_rev else commit
+    out = args.json or work / "report.json"
     seconds, finished, log_tail = None, True, ""
+    if args.report_only and out.exists():  # keep the run's own duration
+        earlier = json.loads(out.read_text(encoding="utf-8"))
+        seconds, finished = earlier.get("seconds"), earlier.get("finished", True)
     if not args.report_only:
         export_tree(commit, work, tests_commit)
         write_config(work, [t for t in TESTS if (work / t).exists()])
         seconds, finished, log_tail = run_mutmut(work, args.limit_s)
-    tests = [t for t in TESTS if (work / t).exists()]
+    tests, deselected = configured_tests(work)
     found = verdicts(work)
     result = {"label": args.label, "rev": args.rev, "commit": commit, "tests_commit": tests_commit,
               "seconds": seconds, "finished": finished,
-              "mutmut": subprocess.run(["mutmut", "--version"], capture_output=True, text=True).stdout.strip(),
-              "tests": tests, "deselected": list(DESELECT), "functions": list(FUNCTIONS),
-              "missing_tests": [t for t in TESTS if t not in tests], **report(found, work)}
+              "mutmut": mutmut_version(),
+              "tests": tests, "deselected": deselected, "functions": list(FUNCTIONS),
+              "tests_not_run": [t for t in TESTS if t not in tests], **report(found, work)}
     if not finished:
         result["log_tail"] = log_tail
-    out = args.json or work / "report.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     total = result["total"]
