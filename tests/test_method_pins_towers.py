@@ -62,8 +62,10 @@ def test_maple_gives_the_same_features_on_sequence_first_towers(deep_backbone):
         torch.testing.assert_close(other.encode_image(images), learner.encode_image(images), rtol=1e-5, atol=1e-6)
 
 
-def test_fp32_prompts_on_low_precision_weights(deep_backbone):
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "plain"])
+def test_fp32_prompts_on_low_precision_weights(deep_backbone, fast):
     learner = maple(deep_backbone, seed=20)
+    learner.fast_paths = fast  # the plain path casts the embeddings and the positions itself
     model = copy.deepcopy(deep_backbone.model)
     convert_weights_to_lp(model, dtype=torch.bfloat16)  # linear and attention weights; embeddings stay fp32
     images = images_for(deep_backbone, 21)
@@ -109,10 +111,12 @@ def linear_text_backbone(tmp_path_factory):
                     open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
 
 
-def test_a_linear_text_projection_and_eos_pooling_give_zero_shot_clip(linear_text_backbone):
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "plain"])
+def test_a_linear_text_projection_and_eos_pooling_give_zero_shot_clip(linear_text_backbone, fast):
     backbone = linear_text_backbone
     assert isinstance(backbone.model.text_projection, torch.nn.Linear) and backbone.model.text_pool_type == "eos"
     learner = build_learner("coop", backbone, CLASSES, ctx_init="a photo of a")
+    learner.fast_paths = fast  # the plain path pools through open_clip's text_global_pool with the eos id
     with torch.no_grad():
         reference = backbone.model.encode_text(backbone.tokenize([f"a photo of a {c}." for c in CLASSES]),
                                                normalize=True)

@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from dapt_core import train as train_module
+from dapt_core.attention import shared as shared_module
 from dapt_core.attention.cam import compute_cams
 from dapt_core.attention.metrics import binarize
 from dapt_core.data.dataset import PromptDataset
@@ -69,8 +70,17 @@ def test_gradcam_cue_masks_are_for_the_true_class_and_reach_the_loss(tiny_backbo
             super().__init__(*args, **kwargs)
             datasets.append(self)
 
+    refreshed = []
+    real_cams = shared_module.batch_cams
+
+    def spy_cams(learner, text_features, images, targets, *args, **kwargs):
+        refreshed.append(len(targets))
+        return real_cams(learner, text_features, images, targets, *args, **kwargs)
+
     monkeypatch.setattr(train_module, "dapt_losses", spy_losses)
     monkeypatch.setattr(train_module, "PromptDataset", RecordedDataset)
+    monkeypatch.setattr(shared_module, "batch_cams", spy_cams)  # the name train imports, module-level or not
+    monkeypatch.setattr(train_module, "batch_cams", spy_cams, raising=False)
 
     def fresh():
         torch.manual_seed(0)
@@ -79,6 +89,8 @@ def test_gradcam_cue_masks_are_for_the_true_class_and_reach_the_loss(tiny_backbo
     cfg = DaptConfig(cue="gradcam", schedule="joint", cam_threshold=0.6)
     train_prompts(fresh(), samples, TrainConfig(epochs=1, batch_size=3, selection="last"), cfg, progress=False)
     (dataset,) = [d for d in datasets if d.train]
+    # the refresh runs once per epoch over the whole set, in batches of 16 (here one), on the fast path
+    assert refreshed == [len(samples)]
     # the cue of epoch 0 is the untrained learner's Grad-CAM of each whole image for its true class, at the
     # image's size (40 x 48), binarised at the configured threshold (pixels at the threshold may go either way)
     views = torch.stack([dataset.full_view(i)[0] for i in range(len(samples))])
