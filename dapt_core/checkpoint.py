@@ -55,6 +55,22 @@ class PromptSetInfo:
         dapt = self.meta.get("dapt") or {}
         return f"{learner} + DAPT ({dapt['cue']})" if dapt.get("cue", "off") != "off" else learner
 
+    @property
+    def dapt_config(self) -> DaptConfig | None:
+        """The DAPT settings the set was trained with; None for a plain learner. A set written before a
+        setting was recorded reads as trained with its default (``cam_method``: the official Grad-CAM cue).
+
+        Raises:
+            CheckpointError: the recorded settings are not a valid :class:`DaptConfig`.
+        """
+        record = self.meta.get("dapt")
+        if record is None:
+            return None
+        try:
+            return DaptConfig.from_record(record)
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{self.path.name}: its recorded DAPT settings are not valid: {err}") from err
+
 
 def backbone_fingerprint(backbone: Backbone) -> str:
     """A short hash of the backbone's frozen weights, to tell two sets of weights of one architecture apart.

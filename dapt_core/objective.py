@@ -22,13 +22,14 @@ prompts never enter the class logits.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
 
+from dapt_core.attention.descriptions import DEFAULT_METHOD, METHOD_DESCRIPTIONS
 from dapt_core.backgrounds import OFFICIAL_BACKGROUNDS, check_background_words
-from dapt_core.constants import OFFICIAL_EPOCHS, OFFICIAL_SWITCH_EPOCH
+from dapt_core.constants import CAM_THRESHOLD, OFFICIAL_EPOCHS, OFFICIAL_SWITCH_EPOCH
 from dapt_core.learners.base import PromptLearner
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,8 @@ class DaptConfig:
     background_template: str = "a clean origami {}."  # plain-text background prompt (MaPLe, official)
     context_background_template: str = "{}."  # text after the learned context (CoOp's background prompts)
     detach_background_view: bool = False  # True: the background term cannot train the image side (official: False)
-    cam_threshold: float = 0.5  # Grad-CAM cue: a pixel is foreground where CAM / max(CAM) >= this
+    cam_method: str = DEFAULT_METHOD  # coarse cue's attribution map (attention.cam.CAM_METHODS; official: gradcam)
+    cam_threshold: float = CAM_THRESHOLD  # coarse cue: a pixel is foreground where map / max(map) >= this
 
     def __post_init__(self) -> None:
         """Checks every field; a bad value raises ValueError naming it, before anything heavy loads."""
@@ -69,6 +71,9 @@ class DaptConfig:
             raise ValueError(f"DAPT margin must be > 0, got {self.margin!r}")
         if isinstance(self.switch_epoch, bool) or not isinstance(self.switch_epoch, int) or self.switch_epoch < 0:
             raise ValueError(f"DAPT switch_epoch must be an integer >= 0, got {self.switch_epoch!r}")
+        if self.cam_method not in METHOD_DESCRIPTIONS:
+            raise ValueError(f"unknown DAPT cue method {self.cam_method!r} (the attribution map of the gradcam "
+                             f"cue); choose from {', '.join(METHOD_DESCRIPTIONS)}")
         if not 0.0 < self.cam_threshold <= 1.0:
             raise ValueError(f"DAPT cam_threshold must lie in (0, 1], got {self.cam_threshold!r}")
         for name in ("background_template", "context_background_template"):
@@ -80,6 +85,22 @@ class DaptConfig:
     @property
     def enabled(self) -> bool:
         return self.cue != "off"
+
+    @classmethod
+    def from_record(cls, record: dict) -> DaptConfig:
+        """The config a prompt set's metadata records (``asdict`` of one, as JSON).
+
+        A field the record lacks takes its default: a set written before the field existed was trained with
+        it (``cam_method``: the official Grad-CAM cue). A field this class does not have raises ValueError
+        naming it, as does a bad value.
+        """
+        if not isinstance(record, dict):
+            raise ValueError(f"a DAPT config record must be an object of fields, got {type(record).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(record) - known)
+        if unknown:
+            raise ValueError(f"the DAPT config record has unknown field(s) {', '.join(unknown)}")
+        return cls(**record)
 
 
 # --- the schedule ------------------------------------------------------------------------------------------

@@ -113,8 +113,8 @@ def metadata_problems(meta: Any) -> list[str]:
 
     Checks the type of every known field, that the required ones are there, that ``classnames`` is a list of
     at least two non-empty strings, that ``learner`` is a known learner and each of ``learner_options`` is
-    an option of its config of the right type, and that ``dapt.cue`` (when given) is a string. Unknown
-    top-level fields are allowed (newer writers may add some).
+    an option of its config of the right type, and that ``dapt.cue`` and ``dapt.cam_method`` (when given)
+    are strings. Unknown top-level fields are allowed (newer writers may add some).
     """
     if not isinstance(meta, dict):
         return [f"the metadata is {_json_type(meta)}, not an object of named fields"]
@@ -130,9 +130,10 @@ def metadata_problems(meta: Any) -> list[str]:
         return problems
     problems += _classname_problems(meta["classnames"])
     problems += _learner_problems(meta)
-    cue = (meta.get("dapt") or {}).get("cue", "off")
-    if not isinstance(cue, str):
-        problems.append(f"dapt.cue is {_json_type(cue)} {_short(cue)}; it must be a string")
+    for key, default in (("cue", "off"), ("cam_method", "gradcam")):
+        value = (meta.get("dapt") or {}).get(key, default)
+        if not isinstance(value, str):
+            problems.append(f"dapt.{key} is {_json_type(value)} {_short(value)}; it must be a string")
     return problems
 
 

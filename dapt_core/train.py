@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from dapt_core.attention.metrics import binarize
-from dapt_core.attention.cam import compute_cams
+from dapt_core.attention.cam import GRADCAM_METHODS, compute_cams
 from dapt_core.attention.shared import batch_cams
 from dapt_core.data.dataset import AugmentConfig, PromptDataset
 from dapt_core.data.folders import few_shot
@@ -121,13 +121,15 @@ class StepReport:
 
 
 def refresh_gradcam_masks(learner: PromptLearner, dataset: PromptDataset, store: InMemoryMasks,
-                          threshold: float, batch_size: int = 16, *, fast: bool = True) -> None:
-    """DAPT's coarse cue: the learner's own Grad-CAM for the true class over each whole training image,
+                          threshold: float, batch_size: int = 16, *, method: str = "gradcam",
+                          fast: bool = True) -> None:
+    """DAPT's coarse cue: the learner's own attribution map for the true class over each whole training image,
     binarised at ``threshold`` and stored at the image's original size.
 
-    ``fast`` computes each batch's maps from one forward whose backward stops at the CAM's layer
-    (:func:`~dapt_core.attention.shared.batch_cams`); False runs the ``grad-cam`` package's own call
-    (:func:`~dapt_core.attention.cam.compute_cams`, backward down to the pixels). The maps are the same.
+    ``method`` is a key of :data:`~dapt_core.attention.cam.CAM_METHODS` (:attr:`DaptConfig.cam_method`; the
+    official cue is ``gradcam``). For the single-layer CAMs ``fast`` computes each batch's maps from one
+    forward whose backward stops at the CAM's layer (:func:`~dapt_core.attention.shared.batch_cams`); False,
+    and every attention method, runs :func:`~dapt_core.attention.cam.compute_cams`. The maps are the same.
     """
     text_features = learner.frozen_text_features()
     for start in range(0, len(dataset), batch_size):
@@ -135,11 +137,11 @@ def refresh_gradcam_masks(learner: PromptLearner, dataset: PromptDataset, store:
         views = [dataset.full_view(i) for i in idx]
         images = torch.stack([v[0] for v in views]).to(learner.device)
         labels = [dataset.samples[i].label for i in idx]
-        if fast:
+        if fast and method in GRADCAM_METHODS:
             with learner.backbone.lock:
-                cams = batch_cams(learner, text_features, images, labels)
+                cams = batch_cams(learner, text_features, images, labels, method)
         else:
-            cams = compute_cams(learner, images, labels, text_features=text_features)
+            cams = compute_cams(learner, images, labels, method=method, text_features=text_features)
         for i, cam, (_, (h, w)) in zip(idx, cams, views):
             full = cv2.resize(cam, (w, h), interpolation=cv2.INTER_LINEAR)
             store.set(i, binarize(full, threshold).astype(np.float32))
@@ -292,7 +294,7 @@ def train_prompts(learner: PromptLearner, samples: list[Sample], cfg: TrainConfi
         dataset.set_epoch(epoch)
         generator.manual_seed(cfg.seed * 1000 + epoch)
         if dapt.cue == "gradcam" and any(loss_weights(epoch, dapt, cfg.epochs).values()):
-            refresh_gradcam_masks(learner, dataset, cue_masks, dapt.cam_threshold)
+            refresh_gradcam_masks(learner, dataset, cue_masks, dapt.cam_threshold, method=dapt.cam_method)
         record = _train_epoch(learner, loader, optimizer, epoch, cfg, dapt, on_step, cancel, progress)
         if validate:
             record["val_accuracy"] = _validation_accuracy(learner, val_samples, cfg)

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from dapt_core.cli.common import (
+    CAM_METHOD_NAMES,
     DAPT_CUES,
     DAPT_SCHEDULES,
     DATA_HELP,
@@ -37,6 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dapt", choices=DAPT_CUES, default="off",
                    help="DAPT cue: off, gradcam (coarse, the model's own Grad-CAM), mask (fine, --masks)")
     p.add_argument("--masks", default=None, help="mask folder mirroring the image tree (for --dapt mask)")
+    p.add_argument("--cue-method", choices=CAM_METHOD_NAMES, default=None,
+                   help="the attribution map the coarse cue (--dapt gradcam) is cut from; default gradcam, the "
+                        "official cue")
     p.add_argument("--schedule", choices=DAPT_SCHEDULES, default="official",
                    help="DAPT loss schedule: official (triplet, then the alignment terms from --switch-epoch, "
                         "whatever --epochs is), scaled (that switch compressed to --epochs), joint (all at once)")
@@ -86,6 +90,11 @@ def _dapt_config(args: argparse.Namespace):
             raise ValueError(f"--switch-epoch sets the official schedule's switch; --schedule {args.schedule} "
                              "has none of its own to set")
         dapt_kwargs["switch_epoch"] = args.switch_epoch
+    if args.cue_method is not None:
+        if args.dapt != "gradcam":
+            raise ValueError(f"--cue-method chooses the map of the coarse cue (--dapt gradcam); --dapt {args.dapt} "
+                             "does not use one")
+        dapt_kwargs["cam_method"] = args.cue_method
     return DaptConfig(**dapt_kwargs)
 
 

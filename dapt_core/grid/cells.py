@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dapt_core.attention.descriptions import DEFAULT_METHOD
 from dapt_core.grid.config import GridConfig, GridConfigError
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,8 @@ STATE_FILE = "state.pt"
 # TrainConfig fields that change how fast a cell runs, not what it computes
 SPEED_ONLY_TRAIN_FIELDS = ("eval_batch_size", "num_workers")
 MAX_LISTED_MISMATCHES = 5
+# DaptConfig fields added after cells were first written, with the value every earlier DAPT cell trained with
+LEGACY_DAPT_DEFAULTS = {"cam_method": DEFAULT_METHOD}
 
 
 @dataclass(frozen=True)
@@ -177,11 +180,22 @@ def _differences(stored: dict, wanted: dict, prefix: str = "") -> list[str]:
     return diffs
 
 
+def stored_identity(record: dict) -> Any:
+    """A record's identity as this version writes it: a DAPT cell written before a DaptConfig field existed
+    gets the value it was trained with (:data:`LEGACY_DAPT_DEFAULTS`), so its finished result still counts."""
+    identity = record.get("identity")
+    dapt = identity.get("dapt") if isinstance(identity, dict) else None
+    if not isinstance(dapt, dict) or not dapt:  # a plain learner's cell records no DAPT settings
+        return identity
+    return {**identity, "dapt": {**{k: v for k, v in LEGACY_DAPT_DEFAULTS.items() if k not in dapt}, **dapt}}
+
+
 def read_finished(cell: Cell) -> dict | None:
     """The cell's metrics record when it is finished (file present, readable, valid, of this cell); else None."""
     record = _read_json(Path(cell.folder) / METRICS_FILE)
-    if record is None or record.get("format") != CELL_FORMAT or record.get("identity") != cell.identity():
+    if record is None or record.get("format") != CELL_FORMAT or stored_identity(record) != cell.identity():
         return None
+    record["identity"] = stored_identity(record)
     return record if valid_metrics(record, cell.setting) else None
 
 
@@ -190,7 +204,7 @@ def stored_identity_conflict(cell: Cell) -> list[str]:
     for name in (METRICS_FILE, CELL_FILE):
         record = _read_json(Path(cell.folder) / name)
         if record is not None and isinstance(record.get("identity"), dict):
-            return _differences(record["identity"], cell.identity())
+            return _differences(stored_identity(record), cell.identity())
     return []
 
 
