@@ -1,0 +1,140 @@
+"""``python -m dapt_core bench bias`` and ``bench gates``: a backbone's background bias and issue 14's gates.
+
+- ``bench bias``: the ImageNet-9-style suite (:mod:`dapt_core.experiments.bias_suite`): six variants of fresh
+  scenes, zero-shot accuracy on each, BG-Gap; writes ``<name>.json/.md/.png``; the last stdout line is the
+  result as one JSON object.
+- ``bench gates``: every gate of :mod:`dapt_core.experiments.gate_thresholds` measured and judged
+  (:mod:`dapt_core.experiments.bias_gates`); writes ``<name>.json/.md``; prints a table of verdicts, then one
+  JSON line.
+
+The parser is built without torch; the thresholds module is plain dataclasses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+
+from dapt_core import paths
+from dapt_core.cli.common import add_backbone_args, print_json
+from dapt_core.experiments.gate_thresholds import SETTINGS
+
+log = logging.getLogger(__name__)
+
+WORLD_CHOICES = ("auto", "synth", "web")  # auto: web for a synth-web backbone, else synth
+DEFAULT_THREADS = 1  # small models; on a shared CPU more threads mostly add contention
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    add_backbone_args(p, "synth-mini")
+    p.add_argument("--world", choices=WORLD_CHOICES, default="auto",
+                   help="scene world: synth (dapt_core.world), web (dapt_core.world.web), or auto (web for a "
+                        "synth-web backbone, else synth); default: %(default)s")
+    p.add_argument("--seed", type=int, default=1, help="seeds the scenes, the task and the training; default: 1")
+    p.add_argument("--per-class", type=int, default=SETTINGS.suite_per_class,
+                   help="bias-suite base scenes per class; default: %(default)s")
+    p.add_argument("--n-classes", type=int, default=None, help="use only the first N classes (quick checks)")
+    p.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="torch CPU threads; default: %(default)s")
+    p.add_argument("--out", default=str(paths.PROJECT_DIR / "docs" / "results"),
+                   help="results folder; default: docs/results")
+    p.add_argument("--name", default=None, help="file stem; default: bias_suite[_gates]_<backbone>_seed<S>")
+
+
+def add_bias_parser(bsub: argparse._SubParsersAction) -> None:
+    """Adds ``bias`` and ``gates`` to the ``bench`` sub-commands."""
+    p = bsub.add_parser("bias", help="ImageNet-9-style background-bias suite of a backbone",
+                        description="Original, Only-FG, Only-BG, No-FG, Mixed-Same and Mixed-Rand variants of fresh "
+                                    "scenes from exact masks; zero-shot accuracy on each and BG-Gap = Mixed-Same - "
+                                    "Mixed-Rand. Writes <name>.json/.md/.png; the last stdout line is one JSON "
+                                    "object.")
+    _common(p)
+    p.set_defaults(func=run_bench_bias)
+
+    p = bsub.add_parser("gates", help="issue 14's gates: bias, headroom and attention separation, pass/fail",
+                        description="Measure BG-Gap, Only-BG over chance, the downstream task's headroom (zero-shot "
+                                    "and CoOp) and whether the attention metric separates a balanced and a "
+                                    "background-label control prompt set; judge each against the thresholds "
+                                    "of dapt_core/experiments/gate_thresholds.py. Writes <name>.json/.md; prints "
+                                    "the verdicts, then one JSON line.")
+    _common(p)
+    p.add_argument("--shots", type=int, default=SETTINGS.shots, help="training scenes per class; default: %(default)s")
+    p.add_argument("--n-test", type=int, default=SETTINGS.n_test,
+                   help="test scenes per class and split; default: %(default)s")
+    p.add_argument("--epochs", type=int, default=SETTINGS.epochs, help="training epochs; default: %(default)s")
+    p.set_defaults(func=run_bench_gates)
+
+
+def _world(args: argparse.Namespace) -> str:
+    if args.world != "auto":
+        return args.world
+    return "web" if args.backbone.startswith("synth-web") else "synth"
+
+
+def _command(args: argparse.Namespace, sub: str, extra: tuple[str, ...] = ()) -> str:
+    """The command line that reruns this run (every setting that changes a number, spelled out)."""
+    parts = ["python -m dapt_core bench", sub, "--backbone", args.backbone, "--world", _world(args),
+             "--seed", str(args.seed), "--per-class", str(args.per_class)]
+    for flag in extra:
+        parts += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
+    if args.n_classes is not None:
+        parts += ["--n-classes", str(args.n_classes)]
+    if args.weights:
+        parts += ["--weights", args.weights]
+    return " ".join(shlex.quote(p) if i > 1 else p for i, p in enumerate(parts))
+
+
+def _setup(args: argparse.Namespace):
+    import torch
+
+    from dapt_core.cli.common import load_backbone
+
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.per_class < 1:
+        raise ValueError(f"--per-class must be >= 1, got {args.per_class}")
+    torch.set_num_threads(args.threads)
+    return load_backbone(args)
+
+
+def run_bench_bias(args: argparse.Namespace) -> int:
+    from dapt_core.experiments.bias_report import write_suite
+    from dapt_core.experiments.bias_suite import run_suite, suite_scenes
+    from dapt_core.experiments.bias_worlds import build
+
+    world = build(_world(args), args.seed, args.n_classes)
+    backbone = _setup(args)
+    scenes = suite_scenes(world, args.per_class, args.seed, backbone.image_size)
+    result = run_suite(backbone, world, args.per_class, args.seed, scenes=scenes)
+    stem = args.name or f"bias_suite_{backbone.name}_seed{args.seed}"
+    written = write_suite(result, args.out, stem, _command(args, "bias"), scenes, backbone.mean, backbone.std)
+    log.info("wrote %s", ", ".join(written.values()))
+    print_json(result)
+    return 0
+
+
+def run_bench_gates(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from dapt_core.experiments.bias_gates import run_gates
+    from dapt_core.experiments.bias_report import write_gates
+
+    for flag in ("shots", "n_test", "epochs"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    settings = replace(SETTINGS, suite_per_class=args.per_class, shots=args.shots, n_test=args.n_test,
+                       epochs=args.epochs)
+    world = _world(args)
+    backbone = _setup(args)
+    result = run_gates(backbone, world, args.seed, settings=settings, n_classes=args.n_classes)
+    stem = args.name or f"bias_suite_gates_{backbone.name}_seed{args.seed}"
+    written = write_gates(result, args.out, stem, _command(args, "gates", ("shots", "n_test", "epochs")))
+    log.info("wrote %s", ", ".join(written.values()))
+    verdict = {True: "pass", False: "FAIL", None: "not measured"}
+    for row in result["gates"]:
+        print(f"{row['gate']:<22} {verdict[row['passed']]:<12} measured {row['measured']}  ({row['threshold']})")
+    print_json({"backbone": result["backbone"], "pretrained": result["pretrained"], "world": world,
+                "seed": args.seed, "registered": result["registered"], "passed": result["passed"],
+                "gates": {row["gate"]: {"measured": row["measured"], "passed": row["passed"]}
+                          for row in result["gates"]}})
+    return 0

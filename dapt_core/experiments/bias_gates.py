@@ -1,0 +1,239 @@
+"""The gates of issue 14 (item 3): is a backbone's context bias strong enough, and measurable, to judge DAPT on?
+
+Four gates, each a measurement against a threshold of :mod:`dapt_core.experiments.gate_thresholds`:
+
+1. ``bg_gap``: the zero-shot backbone's BG-Gap in the bias suite (:mod:`dapt_core.experiments.bias_suite`);
+2. ``only_bg``: its Only-BG accuracy over chance;
+3. ``headroom``: the downstream few-shot task leaves room: zero-shot accuracy on its headroom split at most the
+   threshold, and CoOp trained on the task's shots at least the threshold above zero-shot there;
+4. ``attention``: the attention metric (energy share of the true class's Grad-CAM on the object, over the task's
+   conflicting split) separates two control CoOp prompt sets: one trained on *balanced* scenes (backgrounds
+   independent of the label) and one on *background-label* scenes (each label's scenes on that class's home
+   backgrounds, the object drawn from every class alike, so only the background carries the label). The
+   paired 95% interval of the per-scene difference (balanced - background) must lie above the threshold.
+
+Every prompt set is trained through :func:`dapt_core.train.train_prompts` on scenes written to a temporary image
+folder; evaluation and attention run on the scenes in memory. :func:`verdicts` is pure: fake measurements in,
+pass/fail out.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dapt_core.experiments.bias_suite import SuiteWorld, learner_classifier, paired_interval
+from dapt_core.experiments.bias_worlds import TEST_SPLITS, DownstreamTask, LabelledScenes
+from dapt_core.experiments.gate_thresholds import SETTINGS, THRESHOLDS, GateSettings, GateThresholds
+from dapt_core.preprocess import normalize_pixels
+
+log = logging.getLogger(__name__)
+
+CONTROL_KINDS = ("balanced", "background")
+CONTROL_STREAM = 231  # spawn key of the control scenes' stream (the suite uses 221)
+
+
+def control_scenes(world: SuiteWorld, kind: str, shots: int, seed: int, size: int) -> LabelledScenes:
+    """``shots`` training scenes per label for one control prompt set.
+
+    ``balanced``: the label's own object on a background drawn uniformly from every home background of the world;
+    ``background``: an object of a uniformly drawn class (any, the label's own included) on one of the label's
+    home backgrounds, so only the background tells the label.
+    """
+    if kind not in CONTROL_KINDS:
+        raise ValueError(f"kind: unknown control {kind!r}; choose from {', '.join(CONTROL_KINDS)}")
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(CONTROL_STREAM, CONTROL_KINDS.index(kind))))
+    everywhere = world.backgrounds
+    items = []
+    for label, name in enumerate(world.classnames):
+        for _ in range(shots):
+            if kind == "balanced":
+                obj, bg = name, everywhere[int(rng.integers(len(everywhere)))]
+            else:
+                obj = world.classnames[int(rng.integers(len(world.classnames)))]
+                bg = world.home[name][int(rng.integers(len(world.home[name])))]
+            parts = world.render(obj, bg, size, rng)
+            items.append((parts.image, parts.mask, label, bg))
+    return LabelledScenes.stack(items)
+
+
+def _write_samples(scenes: LabelledScenes, classnames: tuple[str, ...], root: Path) -> list:
+    """Scenes as PNG files ``root/<label>/<index>.png`` and the Samples that name them."""
+    from PIL import Image
+
+    from dapt_core.data.records import Sample
+
+    samples = []
+    for index, (image, label) in enumerate(zip(scenes.images, scenes.labels)):
+        path = root / f"{int(label):03d}" / f"{index:05d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(path)
+        samples.append(Sample(path, int(label), classnames[int(label)]))
+    return samples
+
+
+def train_coop(backbone, classnames: tuple[str, ...], scenes: LabelledScenes | None, seed: int,
+               settings: GateSettings = SETTINGS):
+    """A CoOp learner from "a photo of a", trained on ``scenes`` (None: left untrained, i.e. zero-shot CLIP)."""
+    from dapt_core.constants import ZERO_SHOT_CONTEXT
+    from dapt_core.learners import build_learner
+    from dapt_core.objective import DaptConfig
+    from dapt_core.train import TrainConfig, seed_everything, train_prompts
+
+    seed_everything(seed)
+    learner = build_learner(settings.learner, backbone, list(classnames), ctx_init=ZERO_SHOT_CONTEXT)
+    if scenes is not None:
+        cfg = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, seed=seed,
+                          crop_min=settings.crop_min, selection="last")
+        with tempfile.TemporaryDirectory(prefix="dapt-gates-") as tmp:
+            samples = _write_samples(scenes, classnames, Path(tmp))
+            train_prompts(learner, samples, cfg, DaptConfig(cue="off"), progress=False)
+    learner.eval()
+    return learner
+
+
+def _inputs(backbone, scenes: LabelledScenes, index: slice) -> torch.Tensor:
+    return normalize_pixels(scenes.images[index], backbone.mean, backbone.std).to(backbone.device)
+
+
+def accuracy(learner, scenes: LabelledScenes, batch_size: int = 256) -> float:
+    """Percent of scenes the learner names correctly."""
+    backbone = learner.backbone
+    hits = []
+    with backbone.lock, torch.no_grad():
+        classify = learner_classifier(learner)
+        for start in range(0, len(scenes.labels), batch_size):
+            index = slice(start, start + batch_size)
+            hits.append(classify(_inputs(backbone, scenes, index)).argmax(-1).cpu().numpy() == scenes.labels[index])
+    return 100.0 * float(np.concatenate(hits).mean())
+
+
+def attention_per_scene(learner, scenes: LabelledScenes, method: str = SETTINGS.cam_method,
+                        batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Per scene, the true class's map: its energy share on the object (NaN for an all-zero map) and whether
+    its peak is on the object (pointing game); two (N,) float arrays."""
+    from dapt_core.attention.cam import compute_cams
+    from dapt_core.attention.metrics import object_share, pointing_game
+
+    backbone = learner.backbone
+    with backbone.lock, torch.no_grad():
+        text = learner.text_features()
+    shares, hits = [], []
+    for start in range(0, len(scenes.labels), batch_size):
+        index = slice(start, start + batch_size)
+        cams = compute_cams(learner, _inputs(backbone, scenes, index), scenes.labels[index].tolist(), method=method,
+                            text_features=text)
+        for cam, mask in zip(cams, scenes.masks[index]):
+            shares.append(object_share(cam, mask))
+            hits.append(float(pointing_game(cam, mask)))
+    return np.asarray(shares, dtype=np.float64), np.asarray(hits, dtype=np.float64)
+
+
+def measure_headroom(backbone, task: DownstreamTask, seed: int, settings: GateSettings = SETTINGS) -> dict:
+    """Zero-shot and trained CoOp accuracy (percent) on every test split of the task, and the CoOp's gain."""
+    zero = train_coop(backbone, task.classnames, None, seed, settings)
+    started = time.perf_counter()
+    coop = train_coop(backbone, task.classnames, task.train, seed, settings)
+    out = {"train_seconds": round(time.perf_counter() - started, 1)}
+    for split in TEST_SPLITS:
+        out[f"zero_shot_{split}"] = round(accuracy(zero, task.tests[split]), 2)
+        out[f"coop_{split}"] = round(accuracy(coop, task.tests[split]), 2)
+    return out
+
+
+def measure_attention(backbone, world: SuiteWorld, task: DownstreamTask, seed: int,
+                      settings: GateSettings = SETTINGS) -> dict:
+    """Both control prompt sets' energy share on the task's conflicting scenes, and their paired difference."""
+    conflicting = task.tests["test_conflicting"]
+    out: dict = {}
+    shares = {}
+    for kind in CONTROL_KINDS:
+        scenes = control_scenes(world, kind, settings.shots, seed, backbone.image_size)
+        learner = train_coop(backbone, world.classnames, scenes, seed, settings)
+        shares[kind], hits = attention_per_scene(learner, conflicting, settings.cam_method)
+        out[f"{kind}_energy_share"] = round(float(np.nanmean(shares[kind])), 4)
+        out[f"{kind}_pointing"] = round(float(hits.mean()), 4)
+        out[f"{kind}_accuracy_conflicting"] = round(accuracy(learner, conflicting), 2)
+    mean, low, high = paired_interval(shares["balanced"] - shares["background"])
+    out.update(difference=round(mean, 4), difference_ci=[round(low, 4), round(high, 4)],
+               area_share=round(float(conflicting.masks.mean()), 4), n=int(len(conflicting.labels)))
+    return out
+
+
+def verdicts(measured: dict, thresholds: GateThresholds = THRESHOLDS) -> list[dict]:
+    """Each gate's measurement, threshold and pass/fail from the measurements.
+
+    Args:
+        measured: ``{"suite": bias-suite dict, "headroom": measure_headroom's dict, "attention":
+            measure_attention's dict}``; a part that is missing gives its gates ``passed: None`` (not measured).
+        thresholds: the gates' thresholds.
+
+    Returns:
+        One dict per gate: ``gate``, ``measured``, ``threshold`` (text), ``passed`` (bool or None).
+    """
+    t, split = thresholds, thresholds.headroom_split
+    suite, head, att = measured.get("suite"), measured.get("headroom"), measured.get("attention")
+    zero = head[f"zero_shot_{split}"] if head else None
+    gain = round(head[f"coop_{split}"] - zero, 2) if head else None
+    rows = [
+        ("bg_gap", suite["bg_gap"] if suite else None, f">= {t.bg_gap_min:g} points",
+         lambda v: v >= t.bg_gap_min),
+        ("only_bg", suite["only_bg_over_chance"] if suite else None, f">= {t.only_bg_over_chance_min:g} x chance",
+         lambda v: v >= t.only_bg_over_chance_min),
+        ("headroom_zero_shot", zero, f"<= {t.headroom_zero_shot_max:g}% on {split}",
+         lambda v: v <= t.headroom_zero_shot_max),
+        ("headroom_coop_gain", gain, f">= {t.headroom_coop_gain_min:g} points on {split}",
+         lambda v: v >= t.headroom_coop_gain_min),
+        ("attention_separation", att["difference_ci"] if att else None,
+         f"95% interval of balanced - background energy share above {t.attention_separation_min:g}",
+         lambda v: v[0] > t.attention_separation_min),
+    ]
+    return [{"gate": gate, "measured": value, "threshold": rule,
+             "passed": None if value is None else bool(test(value))}
+            for gate, value, rule, test in rows]
+
+
+def overall(rows: list[dict]) -> bool | None:
+    """True when every gate passed, False when one failed, None when one was not measured (and none failed)."""
+    values = [r["passed"] for r in rows]
+    if any(v is False for v in values):
+        return False
+    return None if any(v is None for v in values) else True
+
+
+def settings_dict(settings: GateSettings, thresholds: GateThresholds) -> dict:
+    """The settings and thresholds of a run, and whether they are the registered ones."""
+    return {"settings": asdict(settings), "thresholds": asdict(thresholds),
+            "registered": settings == SETTINGS and thresholds == THRESHOLDS}
+
+
+def run_gates(backbone, world: str, seed: int, *, settings: GateSettings = SETTINGS,
+              thresholds: GateThresholds = THRESHOLDS, n_classes: int | None = None) -> dict:
+    """Measure every gate on one backbone and world with one seed (scenes, task, training all from it).
+
+    Returns:
+        A JSON-able dict: the run's facts and settings, ``suite``, ``headroom``, ``attention``, ``gates``
+        (:func:`verdicts`) and ``passed`` (:func:`overall`).
+    """
+    from dapt_core.experiments.bias_suite import run_suite
+    from dapt_core.experiments.bias_worlds import build, build_task
+
+    started = time.perf_counter()
+    suite_world = build(world, seed, n_classes)
+    measured = {"suite": run_suite(backbone, suite_world, settings.suite_per_class, seed)}
+    log.info("bias suite: BG-Gap %.2f, Only-BG %.2f%%", measured["suite"]["bg_gap"], measured["suite"]["only_bg"])
+    task = build_task(world, seed, settings.shots, settings.n_test, backbone.image_size, n_classes)
+    measured["headroom"] = measure_headroom(backbone, task, seed, settings)
+    log.info("headroom: %s", measured["headroom"])
+    measured["attention"] = measure_attention(backbone, suite_world, task, seed, settings)
+    log.info("attention: %s", measured["attention"])
+    rows = verdicts(measured, thresholds)
+    return {"backbone": backbone.name, "pretrained": backbone.pretrained, "world": world, "seed": seed,
+            "n_classes": len(suite_world.classnames), "task": task.description, **settings_dict(settings, thresholds),
+            **measured, "gates": rows, "passed": overall(rows), "seconds": round(time.perf_counter() - started, 1)}

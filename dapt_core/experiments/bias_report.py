@@ -1,0 +1,144 @@
+"""What the bias suite and the gates write: Markdown tables, a figure, the JSON.
+
+The numbers come from :func:`dapt_core.experiments.bias_suite.run_suite` and
+:func:`dapt_core.experiments.bias_gates.run_gates`; nothing here measures anything.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from dapt_core.experiments.bias_suite import VARIANTS, SuiteScenes, variant_input
+
+SHOWN = {  # variant -> what the model is shown, for the table
+    "original": "the scene (object on a home background)",
+    "only_fg": "the object, every other pixel at the data set's mean colour",
+    "only_bg": "the same background rendered without the object",
+    "no_fg": "the scene with the object's pixels at the mean colour (silhouette kept)",
+    "mixed_same": "the object on a fresh background of its own class's home set",
+    "mixed_rand": "the object on a fresh background of another class's home set (never its own)",
+}
+EXAMPLES = 3  # scenes shown in the figure
+
+
+def suite_markdown(result: dict, figure_name: str | None, command: str | None) -> str:
+    """The suite's report: one row per variant, BG-Gap and Only-BG over chance below."""
+    lines = [f"# Background bias of `{result['backbone']}` ({result['pretrained']}): an ImageNet-9-style suite", "",
+             f"World `{result['world']}`; home backgrounds: {result['same_rule']}. Seed {result['seed']}, "
+             f"{result['per_class']} base scenes per class ({result['n']} in all); classifier: {result['classifier']}"
+             f". Accuracy in percent with its 95% Wilson interval; chance {result['chance']:.2f}%. After Xiao et "
+             "al., ICLR 2021 (Only-BG here is the true background, rendered without the object).", "",
+             "| variant | what the model sees | accuracy | 95% interval |", "|---|---|---|---|"]
+    for v in VARIANTS:
+        low, high = result[f"{v}_ci"]
+        lines.append(f"| {v} | {SHOWN[v]} | {result[v]:.2f} | [{low:.2f}, {high:.2f}] |")
+    low, high = result["bg_gap_ci"]
+    lines += ["", f"**BG-Gap** (Mixed-Same - Mixed-Rand): **{result['bg_gap']:.2f} points** (paired 95% interval "
+              f"[{low:.2f}, {high:.2f}]). **Only-BG**: {result['only_bg']:.2f}% = "
+              f"**{result['only_bg_over_chance']:.2f} x chance**.", ""]
+    if command:
+        lines += [f"Command: `{command}`", ""]
+    if figure_name:
+        lines += [f"![accuracy per variant and example scenes]({figure_name})", ""]
+    return "\n".join(lines)
+
+
+def _display(scenes: SuiteScenes, variant: str, index: int, mean, std) -> np.ndarray:
+    """A variant as the model sees it, back in [0, 1] RGB (hidden pixels show as the mean colour)."""
+    x = variant_input(scenes, variant, mean, std, slice(index, index + 1))[0].numpy().transpose(1, 2, 0)
+    return np.clip(x * np.asarray(std) + np.asarray(mean), 0.0, 1.0)
+
+
+def suite_figure(result: dict, scenes: SuiteScenes | None = None, mean=None, std=None) -> Figure:
+    """Accuracy per variant with its interval and the chance line; with ``scenes``, a few examples beside it."""
+    rows = min(EXAMPLES, len(scenes.labels)) if scenes is not None else 0
+    fig = Figure(figsize=(6.5 + (1.3 * len(VARIANTS) if rows else 0), max(3.2, 1.3 * rows + 0.6)))
+    grid = fig.add_gridspec(max(rows, 1), 1 + (len(VARIANTS) if rows else 0),
+                            width_ratios=[5] + [1] * (len(VARIANTS) if rows else 0))
+    ax = fig.add_subplot(grid[:, 0])
+    acc = np.array([result[v] for v in VARIANTS])
+    ci = np.array([result[f"{v}_ci"] for v in VARIANTS])
+    ax.bar(range(len(VARIANTS)), acc, yerr=[acc - ci[:, 0], ci[:, 1] - acc], capsize=3, color="#4C72B0")
+    ax.axhline(result["chance"], color="grey", linestyle="--", linewidth=1, label="chance")
+    ax.set_xticks(range(len(VARIANTS)), [v.replace("_", "-") for v in VARIANTS], rotation=30, fontsize=8)
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"{result['backbone']}: BG-Gap {result['bg_gap']:.1f} points, seed {result['seed']}", fontsize=9)
+    ax.legend(fontsize=8)
+    if rows:
+        step = max(1, len(scenes.labels) // rows)
+        for r in range(rows):
+            for c, variant in enumerate(VARIANTS):
+                sub = fig.add_subplot(grid[r, 1 + c])
+                sub.imshow(_display(scenes, variant, r * step, mean, std), interpolation="nearest")
+                sub.set_xticks([])
+                sub.set_yticks([])
+                if r == 0:
+                    sub.set_title(variant.replace("_", "-"), fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def gates_markdown(result: dict, command: str | None) -> str:
+    """The gates' report: one row per gate with its verdict, then the measurements behind them."""
+    verdict = {True: "pass", False: "FAIL", None: "not measured"}
+    suite, head, att = result["suite"], result["headroom"], result["attention"]
+    lines = [f"# Gates of `{result['backbone']}` ({result['pretrained']}), seed {result['seed']}", "",
+             f"World `{result['world']}`, {result['n_classes']} classes. Thresholds and settings: "
+             "`dapt_core/experiments/gate_thresholds.py`"
+             + ("" if result["registered"] else " (**this run used other settings than the registered ones**)")
+             + f". Overall: **{verdict[result['passed']]}**.", "",
+             "| gate | measured | threshold | verdict |", "|---|---|---|---|"]
+    for row in result["gates"]:
+        value = row["measured"]
+        shown = (f"[{value[0]:.4f}, {value[1]:.4f}]" if isinstance(value, list)
+                 else "-" if value is None else f"{value:.2f}")
+        lines.append(f"| {row['gate']} | {shown} | {row['threshold']} | {verdict[row['passed']]} |")
+    lines += ["", f"Bias suite ({suite['per_class']} scenes per class): " + ", ".join(
+        f"{v} {suite[v]:.2f}%" for v in VARIANTS) + f"; chance {suite['chance']:.2f}%.", "",
+        f"Downstream task: {result['task']}. Zero-shot (CoOp initialised from \"a photo of a\", untrained) and "
+        f"CoOp ({result['settings']['shots']} shots, {result['settings']['epochs']} epochs, batch "
+        f"{result['settings']['batch_size']}, lr {result['settings']['lr']}), accuracy in percent:", "",
+        "| split | zero-shot | CoOp |", "|---|---|---|"]
+    for split in ("test_aligned", "test_balanced", "test_conflicting"):
+        lines.append(f"| {split} | {head[f'zero_shot_{split}']:.2f} | {head[f'coop_{split}']:.2f} |")
+    lo, hi = att["difference_ci"]
+    lines += ["", f"Control prompt sets on the task's {att['n']} conflicting scenes (Grad-CAM of the true class; the "
+              f"object covers {att['area_share']:.3f} of the image on average):", "",
+              "| control | energy share on the object | pointing game | accuracy (%) |", "|---|---|---|---|"]
+    for kind in ("balanced", "background"):
+        lines.append(f"| {kind} | {att[f'{kind}_energy_share']:.4f} | {att[f'{kind}_pointing']:.4f} | "
+                     f"{att[f'{kind}_accuracy_conflicting']:.2f} |")
+    lines += ["", f"Difference balanced - background: {att['difference']:.4f} (paired 95% interval [{lo:.4f}, "
+              f"{hi:.4f}]). Run time {result['seconds']:.0f} s.", ""]
+    if command:
+        lines += [f"Command: `{command}`", ""]
+    return "\n".join(lines)
+
+
+def write_suite(result: dict, out_dir: str | Path, stem: str, command: str | None, scenes: SuiteScenes | None = None,
+                mean=None, std=None) -> dict[str, str]:
+    """Writes ``<stem>.json``, ``<stem>.md`` and ``<stem>.png``; returns their paths by kind."""
+    from dapt_core.fileio import write_bytes_atomic
+    from dapt_core.viz.figure import save_figure
+
+    out = Path(out_dir)
+    record = {**result, "command": command}
+    written = {"json": write_bytes_atomic(out / f"{stem}.json", (json.dumps(record, indent=1) + "\n").encode()),
+               "png": save_figure(suite_figure(result, scenes, mean, std), out / f"{stem}.png")}
+    written["md"] = write_bytes_atomic(out / f"{stem}.md", suite_markdown(result, f"{stem}.png", command).encode())
+    return {k: str(v) for k, v in written.items()}
+
+
+def write_gates(result: dict, out_dir: str | Path, stem: str, command: str | None) -> dict[str, str]:
+    """Writes ``<stem>.json`` and ``<stem>.md``; returns their paths by kind."""
+    from dapt_core.fileio import write_bytes_atomic
+
+    out = Path(out_dir)
+    record = {**result, "command": command}
+    return {"json": str(write_bytes_atomic(out / f"{stem}.json", (json.dumps(record, indent=1) + "\n").encode())),
+            "md": str(write_bytes_atomic(out / f"{stem}.md", gates_markdown(result, command).encode()))}

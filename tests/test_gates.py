@@ -1,0 +1,172 @@
+"""The gates: verdicts on fake measurements, the control scenes, the thresholds in the model card, the CLI."""
+
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dapt_core.cli import main
+from dapt_core.experiments.bias_gates import control_scenes, overall, settings_dict, verdicts
+from dapt_core.experiments.bias_suite import SceneParts, SuiteWorld, paste_exact
+from dapt_core.experiments.gate_thresholds import SETTINGS, THRESHOLDS
+
+CARD = Path(__file__).resolve().parents[1] / "checkpoints" / "synth-web.md"
+
+
+def _measured(bg_gap=12.0, only_bg=3.5, zero=70.0, coop=76.0, ci=(0.02, 0.08)):
+    return {"suite": {"bg_gap": bg_gap, "only_bg_over_chance": only_bg},
+            # the other splits carry numbers that would pass or fail differently, so reading a wrong split shows
+            "headroom": {"zero_shot_test_balanced": zero, "coop_test_balanced": coop,
+                         "zero_shot_test_aligned": 99.0, "coop_test_aligned": 99.5,
+                         "zero_shot_test_conflicting": 10.0, "coop_test_conflicting": 40.0},
+            "attention": {"difference_ci": list(ci)}}
+
+
+def _passed(measured):
+    return {row["gate"]: row["passed"] for row in verdicts(measured)}
+
+
+def test_every_gate_passes_on_passing_numbers():
+    rows = verdicts(_measured())
+    assert [r["gate"] for r in rows] == ["bg_gap", "only_bg", "headroom_zero_shot", "headroom_coop_gain",
+                                         "attention_separation"]
+    assert all(r["passed"] is True for r in rows) and overall(rows) is True
+    assert rows[3]["measured"] == 6.0  # the gain on the balanced split
+
+
+@pytest.mark.parametrize("change, gate", [
+    ({"bg_gap": 9.99}, "bg_gap"),
+    ({"only_bg": 2.99}, "only_bg"),
+    ({"zero": 80.01, "coop": 90.0}, "headroom_zero_shot"),
+    ({"coop": 74.99}, "headroom_coop_gain"),
+    ({"ci": (-0.001, 0.08)}, "attention_separation"),
+    ({"ci": (0.0, 0.08)}, "attention_separation"),  # the interval must lie wholly above 0
+])
+def test_each_gate_fails_just_past_its_threshold(change, gate):
+    passed = _passed(_measured(**change))
+    assert passed[gate] is False
+    assert [g for g, ok in passed.items() if ok is not True] == [gate]
+    assert overall(verdicts(_measured(**change))) is False
+
+
+def test_thresholds_are_inclusive_where_written_so():
+    passed = _passed(_measured(bg_gap=10.0, only_bg=3.0, zero=80.0, coop=85.0))
+    assert all(passed.values())
+
+
+def test_missing_measurements_are_not_measured_not_passed():
+    measured = _measured()
+    del measured["attention"]
+    rows = verdicts(measured)
+    assert rows[-1]["passed"] is None and rows[-1]["measured"] is None
+    assert overall(rows) is None
+    measured["suite"]["bg_gap"] = 1.0
+    assert overall(verdicts(measured)) is False
+
+
+def test_registered_only_with_the_written_settings():
+    assert settings_dict(SETTINGS, THRESHOLDS)["registered"] is True
+    assert settings_dict(replace(SETTINGS, epochs=1), THRESHOLDS)["registered"] is False
+    assert settings_dict(SETTINGS, replace(THRESHOLDS, bg_gap_min=5.0))["registered"] is False
+
+
+SIZE = 16
+OBJ = {"a": 200, "b": 220, "c": 240}
+BGS = {"u": 10, "v": 60, "w": 110}
+HOME = {"a": ("u",), "b": ("v",), "c": ("w",)}
+
+
+def _render(obj, bg, size, rng):
+    image = np.zeros((SIZE, SIZE, 3), np.uint8)
+    image[..., 0] = BGS[bg]
+    mask = np.zeros((SIZE, SIZE), bool)
+    mask[4:10, 4:10] = True
+    image[mask] = (250, OBJ[obj], 0)
+    return SceneParts(image, mask, image.copy())
+
+
+WORLD = SuiteWorld("fake", ("a", "b", "c"), HOME, "hand-made", _render,
+                   lambda parts, bg, rng: paste_exact(parts, parts.background))
+
+
+def _objects(scenes):
+    level = {v: k for k, v in OBJ.items()}
+    return [level[int(img[5, 5, 1])] for img in scenes.images]
+
+
+def test_balanced_control_shows_the_label_on_every_background():
+    scenes = control_scenes(WORLD, "balanced", shots=30, seed=0, size=SIZE)
+    names = WORLD.classnames
+    assert _objects(scenes) == [names[label] for label in scenes.labels]
+    for label in range(3):
+        seen = {bg for lab, bg in zip(scenes.labels, scenes.backgrounds) if lab == label}
+        assert seen == {"u", "v", "w"}
+
+
+def test_background_control_carries_the_label_only_in_the_background():
+    scenes = control_scenes(WORLD, "background", shots=30, seed=0, size=SIZE)
+    names = WORLD.classnames
+    assert all(bg in HOME[names[label]] for label, bg in zip(scenes.labels, scenes.backgrounds))
+    objects = _objects(scenes)
+    for label in range(3):  # every object class appears under every label
+        assert {o for o, lab in zip(objects, scenes.labels) if lab == label} == {"a", "b", "c"}
+    agree = np.mean([o == names[lab] for o, lab in zip(objects, scenes.labels)])
+    assert agree < 0.6  # about a third; the label's own object is not favoured
+    with pytest.raises(ValueError, match="unknown control"):
+        control_scenes(WORLD, "object", 1, 0, SIZE)
+
+
+@pytest.mark.skipif(not CARD.exists(), reason="checkpoints/synth-web.md is not written yet")
+def test_model_card_states_the_thresholds_the_command_reads():
+    text = CARD.read_text(encoding="utf-8")
+    section = text[text.index("## Gates"):]
+    t = THRESHOLDS
+    for value in (t.bg_gap_min, t.only_bg_over_chance_min, t.headroom_zero_shot_max, t.headroom_coop_gain_min):
+        assert re.search(rf"\b{value:g}\b", section), value
+    assert t.headroom_split in section and f"{SETTINGS.shots} shots" in section
+
+
+def _last_json(out: str) -> dict:
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_bias_command_round_trip_on_a_tiny_model(tmp_path, capsys):
+    argv = ["bench", "bias", "--backbone", "tiny-vit", "--per-class", "2", "--n-classes", "3", "--seed", "4",
+            "--out", str(tmp_path)]
+    assert main(argv) == 0
+    line = _last_json(capsys.readouterr().out)
+    stem = tmp_path / "bias_suite_tiny-vit_seed4"
+    saved = json.loads(stem.with_suffix(".json").read_text())
+    assert saved["command"] == ("python -m dapt_core bench bias --backbone tiny-vit --world synth --seed 4 "
+                                "--per-class 2 --n-classes 3")
+    assert {k: v for k, v in saved.items() if k != "command"} == line
+    assert line["n"] == 6 and line["seed"] == 4
+    assert "| mixed_rand |" in stem.with_suffix(".md").read_text() and stem.with_suffix(".png").stat().st_size
+    assert main(argv[:-2] + ["--per-class", "0", "--out", str(tmp_path / "no")]) == 2
+    assert not (tmp_path / "no").exists()
+
+
+def test_gates_command_round_trip_on_a_tiny_model(tmp_path, capsys):
+    argv = ["bench", "gates", "--backbone", "tiny-vit", "--per-class", "2", "--n-classes", "3", "--shots", "1",
+            "--n-test", "2", "--epochs", "1", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    line = _last_json(out)
+    assert line["registered"] is False  # not the written settings: never reported as the gates' verdict
+    assert list(line["gates"]) == ["bg_gap", "only_bg", "headroom_zero_shot", "headroom_coop_gain",
+                                   "attention_separation"]
+    saved = json.loads((tmp_path / "bias_suite_gates_tiny-vit_seed1.json").read_text())
+    assert [r["passed"] for r in saved["gates"]] == [line["gates"][g]["passed"] for g in line["gates"]]
+    assert saved["headroom"]["zero_shot_test_balanced"] == saved["gates"][2]["measured"]
+    assert "bg_gap" in out.splitlines()[0]
+    assert "other settings than the registered" in (tmp_path / "bias_suite_gates_tiny-vit_seed1.md").read_text()
+
+
+def test_the_parser_offers_the_library_worlds():
+    from dapt_core.cli.bench_bias import WORLD_CHOICES
+    from dapt_core.experiments.bias_worlds import WORLDS
+
+    assert WORLD_CHOICES == ("auto", *WORLDS)
