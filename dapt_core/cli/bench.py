@@ -6,6 +6,7 @@
 - ``bench synth-examples``: write the example images bundled in ``assets/examples``.
 - ``bench synth-readme``: copy a result's table into README.md between its markers.
 - ``bench attention``: attribution methods on conflicting scenes (:mod:`dapt_core.cli.bench_attention`).
+- ``bench bias`` / ``bench gates``: a backbone's background bias and issue 14's gates (:mod:`dapt_core.cli.bench_bias`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from dapt_core import paths
 from dapt_core.cli.bench_attention import add_attention_parser
+from dapt_core.cli.bench_bias import add_bias_parser
 from dapt_core.cli.common import DAPT_SCHEDULES, add_backbone_args, print_json
 from dapt_core.constants import OFFICIAL_EPOCHS, OFFICIAL_SWITCH_EPOCH
 
@@ -122,6 +124,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_bench_readme)
 
     add_attention_parser(bsub)
+    add_bias_parser(bsub)
 
 
 def _options(args: argparse.Namespace) -> dict:
