@@ -16,15 +16,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from dapt_core.attention.metrics import binarize
-from dapt_core.attention.cam import GRADCAM_METHODS, compute_cams
-from dapt_core.attention.shared import batch_cams
 from dapt_core.data.dataset import AugmentConfig, PromptDataset
 from dapt_core.data.folders import few_shot
 from dapt_core.data.records import DataError, Sample
@@ -131,6 +127,14 @@ def refresh_gradcam_masks(learner: PromptLearner, dataset: PromptDataset, store:
     forward whose backward stops at the CAM's layer (:func:`~dapt_core.attention.shared.batch_cams`); False,
     and every attention method, runs :func:`~dapt_core.attention.cam.compute_cams`. The maps are the same.
     """
+    # imported here: the grad-cam package (and torchvision under it) costs seconds that a run without the
+    # coarse cue, a Ray worker starting up or `train --help` should not pay
+    import cv2
+
+    from dapt_core.attention.cam import GRADCAM_METHODS, compute_cams
+    from dapt_core.attention.metrics import binarize
+    from dapt_core.attention.shared import batch_cams
+
     text_features = learner.frozen_text_features()
     for start in range(0, len(dataset), batch_size):
         idx = list(range(start, min(start + batch_size, len(dataset))))
