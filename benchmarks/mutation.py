@@ -1,7 +1,7 @@
 """Mutation testing of the DAPT method's core with mutmut 3: which small bugs in the method would the tests catch?
 
 Usage: python benchmarks/mutation.py [--rev HEAD] [--label after] [--limit-s 1800] [--json FILE]
-       python benchmarks/mutation.py --planted [--rev HEAD]
+       python benchmarks/mutation.py --planted [--rev HEAD] [--only NAME ...]
        python benchmarks/mutation.py --compare BEFORE.json AFTER.json   (Markdown tables of two reports)
 
 Not part of CI and not a project dependency: a script tool. Install it with ``pip install mutmut`` (written
@@ -27,7 +27,8 @@ What it does:
 
 ``--planted`` runs instead the hand-planted bugs of ``benchmarks/mutation.planted.json`` (the wiring bugs that
 issue 11 names, each with the tests that must catch it): each is applied alone to the export, its tests run
-(pytest ``-x``), the file is restored; a bug whose line is no longer in the code is reported as not applied.
+(pytest ``-x``), the file is restored; a bug whose line is no longer in the code is reported as not applied
+(and the run fails: the list must follow the code).
 
 The before/after figures of docs/results/mutation.md come from two runs of this script:
 ``--rev <commit before the new tests> --label before`` and ``--rev <commit with them> --label after``.
@@ -234,11 +235,13 @@ def run_mutmut(work: Path, limit_s: int) -> tuple[int, bool, str]:
     return round(time.perf_counter() - started), finished, log_tail
 
 
-def run_planted(work: Path) -> list[dict]:
-    """Applies each bug of :data:`PLANTED` alone, runs its tests, restores the file; one record per bug."""
+def run_planted(work: Path, only: list[str] | None = None) -> list[dict]:
+    """Applies each bug of :data:`PLANTED` (those whose name contains one of ``only``, if given) alone, runs
+    its tests, restores the file; one record per bug."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     records = []
-    for bug in json.loads(PLANTED.read_text(encoding="utf-8")):
+    bugs = json.loads(PLANTED.read_text(encoding="utf-8"))
+    for bug in [b for b in bugs if not only or any(o in b["bug"] for o in only)]:
         path = work / bug["file"]
         original = path.read_text(encoding="utf-8")
         record = {"bug": bug["bug"], "file": bug["file"]}
@@ -290,13 +293,13 @@ def planted_main(args: argparse.Namespace) -> int:
     work = (args.work or Path("/tmp/dapt-mutation") / "planted").resolve()
     commit = resolve(args.rev)
     export_tree(commit, work, resolve(args.tests_rev) if args.tests_rev else commit)
-    records = run_planted(work)
+    records = run_planted(work, args.only)
     out = args.json or work / "planted.json"
     out.write_text(json.dumps({"commit": commit, "bugs": records}, indent=1) + "\n", encoding="utf-8")
     applied = [r for r in records if r["applied"]]
     print(f"{sum(r['caught'] for r in applied)}/{len(applied)} planted bugs caught "
           f"({len(records) - len(applied)} not applied); report: {out}")
-    return 0 if all(r["caught"] for r in applied) else 1
+    return 0 if len(applied) == len(records) and all(r["caught"] for r in applied) else 1
 
 
 def main() -> int:
@@ -309,6 +312,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="where to write the report (default WORK/report.json)")
     parser.add_argument("--report-only", action="store_true", help="only read the verdicts of an earlier run")
     parser.add_argument("--planted", action="store_true", help="run the hand-planted bugs instead of mutmut")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="--planted: only the bugs whose name has NAME")
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE", "AFTER"), help="tables of two reports")
     args = parser.parse_args()
     if args.compare:

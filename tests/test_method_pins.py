@@ -113,12 +113,13 @@ def test_each_term_uses_its_view_by_value(in_context):
     assert learner.prompts == [("context" if in_context else "plain", texts)]
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "plain"])  # plain: every view carries a graph
 @pytest.mark.parametrize("detach_background", [False, True])
-def test_each_term_reaches_exactly_its_parameters(detach_background):
+def test_each_term_reaches_exactly_its_parameters(detach_background, fast):
     images, masks, labels = fake_batch()
     learner = FakeLearner(images[0].numel(), in_context=True)
     cfg = DaptConfig(cue="mask", schedule="joint", background_words=WORDS, detach_background_view=detach_background)
-    ours = dapt_losses(learner, images, masks, labels, 0, cfg)
+    ours = dapt_losses(learner, images, masks, labels, 0, cfg, fast=fast)
     expected = hand_terms(learner, images, masks, labels, cfg.margin, detach_background)
     zero = {"triplet": {"T", "W"}, "foreground": {"V", "W"}, "ce": {"W"},
             "background": {"T", "V"} if detach_background else {"T"}}
@@ -129,11 +130,12 @@ def test_each_term_reaches_exactly_its_parameters(detach_background):
             assert (float(want[name].abs().sum()) == 0.0) == (name in untouched), f"{term} -> {name}"
 
 
-def test_the_triplet_gradient_flows_through_the_anchor_only():
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "plain"])
+def test_the_triplet_gradient_flows_through_the_anchor_only(fast):
     images, masks, labels = fake_batch()
     learner = FakeLearner(images[0].numel(), in_context=True)
     cfg = DaptConfig(cue="mask", schedule="joint", background_words=WORDS)
-    got = grads_of(learner, dapt_losses(learner, images, masks, labels, 0, cfg)["triplet"])["V"]
+    got = grads_of(learner, dapt_losses(learner, images, masks, labels, 0, cfg, fast=fast)["triplet"])["V"]
     full = learner.encode_image(images)
     fg, bg = learner.encode_image(images * masks), learner.encode_image(images * (1 - masks))
 
