@@ -126,9 +126,11 @@ class PromptLearner(nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
-    def frozen_text_features(self, chunk: int = TEXT_CHUNK) -> torch.Tensor:
-        """(C, E) detached :meth:`text_features`, encoded ``chunk`` class prompts at a time, so that the text
-        tower's memory stays bounded whatever the number of classes (evaluation, analysis)."""
+    def frozen_text_features(self, chunk: int | None = None) -> torch.Tensor:
+        """(C, E) detached :meth:`text_features`, encoded ``chunk`` class prompts at a time (``TEXT_CHUNK``
+        when None), so that the text tower's memory stays bounded whatever the number of classes (evaluation,
+        analysis)."""
+        chunk = TEXT_CHUNK if chunk is None else chunk
         if chunk < 1:
             raise ValueError(f"chunk must be at least 1, got {chunk}")
         n = self.class_tokens.shape[0]
