@@ -163,6 +163,18 @@ def test_gates_command_round_trip_on_a_tiny_model(tmp_path, capsys):
     assert saved["headroom"]["zero_shot_test_balanced"] == saved["gates"][2]["measured"]
     assert "bg_gap" in out.splitlines()[0]
     assert "other settings than the registered" in (tmp_path / "bias_suite_gates_tiny-vit_seed1.md").read_text()
+    suite = json.loads((tmp_path / "bias_suite_tiny-vit_seed1.json").read_text())  # the suite's own report too
+    assert suite["bg_gap"] == saved["suite"]["bg_gap"] == saved["gates"][0]["measured"]
+    assert suite["command"].startswith("python -m dapt_core bench bias --backbone tiny-vit --world synth --seed 1")
+
+
+def test_run_gates_refuses_a_suite_of_another_run(tiny_backbone):
+    from dapt_core.experiments.bias_gates import run_gates
+
+    suite = {"backbone": "tiny-vit", "world": "synth", "seed": 2, "per_class": SETTINGS.suite_per_class,
+             "classifier": "zero-shot, ..."}
+    with pytest.raises(ValueError, match="not on this backbone"):
+        run_gates(tiny_backbone, "synth", 1, suite=suite)
 
 
 def test_the_parser_offers_the_library_worlds():

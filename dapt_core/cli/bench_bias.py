@@ -4,8 +4,8 @@
   scenes, zero-shot accuracy on each, BG-Gap; writes ``<name>.json/.md/.png``; the last stdout line is the
   result as one JSON object.
 - ``bench gates``: every gate of :mod:`dapt_core.experiments.gate_thresholds` measured and judged
-  (:mod:`dapt_core.experiments.bias_gates`); writes ``<name>.json/.md``; prints a table of verdicts, then one
-  JSON line.
+  (:mod:`dapt_core.experiments.bias_gates`); writes ``<name>.json/.md`` and the suite's report as ``bench bias``
+  would; prints a table of verdicts, then one JSON line.
 
 The parser is built without torch; the thresholds module is plain dataclasses.
 """
@@ -97,19 +97,25 @@ def _setup(args: argparse.Namespace):
     return load_backbone(args)
 
 
-def run_bench_bias(args: argparse.Namespace) -> int:
+def _suite(args: argparse.Namespace, backbone) -> dict:
+    """Runs the zero-shot bias suite and writes its report; returns the result."""
     from dapt_core.experiments.bias_report import write_suite
     from dapt_core.experiments.bias_suite import run_suite, suite_scenes
     from dapt_core.experiments.bias_worlds import build
 
     world = build(_world(args), args.seed, args.n_classes)
-    backbone = _setup(args)
     scenes = suite_scenes(world, args.per_class, args.seed, backbone.image_size)
     result = run_suite(backbone, world, args.per_class, args.seed, scenes=scenes)
-    stem = args.name or f"bias_suite_{backbone.name}_seed{args.seed}"
+    stem = f"bias_suite_{backbone.name}_seed{args.seed}"
+    if args.name:
+        stem = args.name if args.bench_command == "bias" else f"{args.name}_suite"
     written = write_suite(result, args.out, stem, _command(args, "bias"), scenes, backbone.mean, backbone.std)
     log.info("wrote %s", ", ".join(written.values()))
-    print_json(result)
+    return result
+
+
+def run_bench_bias(args: argparse.Namespace) -> int:
+    print_json(_suite(args, _setup(args)))
     return 0
 
 
@@ -126,7 +132,8 @@ def run_bench_gates(args: argparse.Namespace) -> int:
                        epochs=args.epochs)
     world = _world(args)
     backbone = _setup(args)
-    result = run_gates(backbone, world, args.seed, settings=settings, n_classes=args.n_classes)
+    suite = _suite(args, backbone)  # the suite's own report as `bench bias` writes it, from the same scenes
+    result = run_gates(backbone, world, args.seed, settings=settings, n_classes=args.n_classes, suite=suite)
     stem = args.name or f"bias_suite_gates_{backbone.name}_seed{args.seed}"
     written = write_gates(result, args.out, stem, _command(args, "gates", ("shots", "n_test", "epochs")))
     log.info("wrote %s", ", ".join(written.values()))

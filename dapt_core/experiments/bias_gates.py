@@ -214,8 +214,11 @@ def settings_dict(settings: GateSettings, thresholds: GateThresholds) -> dict:
 
 
 def run_gates(backbone, world: str, seed: int, *, settings: GateSettings = SETTINGS,
-              thresholds: GateThresholds = THRESHOLDS, n_classes: int | None = None) -> dict:
+              thresholds: GateThresholds = THRESHOLDS, n_classes: int | None = None, suite: dict | None = None) -> dict:
     """Measure every gate on one backbone and world with one seed (scenes, task, training all from it).
+
+    ``suite``: the zero-shot bias suite of this very backbone, world, seed and ``settings.suite_per_class``, when
+    the caller has run it already (``bench gates`` writes its report too); None runs it here.
 
     Returns:
         A JSON-able dict: the run's facts and settings, ``suite``, ``headroom``, ``attention``, ``gates``
@@ -226,7 +229,11 @@ def run_gates(backbone, world: str, seed: int, *, settings: GateSettings = SETTI
 
     started = time.perf_counter()
     suite_world = build(world, seed, n_classes)
-    measured = {"suite": run_suite(backbone, suite_world, settings.suite_per_class, seed)}
+    if suite is not None:
+        given = (suite["backbone"], suite["world"], suite["seed"], suite["per_class"], suite["classifier"][:9])
+        if given != (backbone.name, suite_world.name, seed, settings.suite_per_class, "zero-shot"):
+            raise ValueError(f"suite: measured on {given}, not on this backbone, world, seed and per-class count")
+    measured = {"suite": suite or run_suite(backbone, suite_world, settings.suite_per_class, seed)}
     log.info("bias suite: BG-Gap %.2f, Only-BG %.2f%%", measured["suite"]["bg_gap"], measured["suite"]["only_bg"])
     task = build_task(world, seed, settings.shots, settings.n_test, backbone.image_size, n_classes)
     measured["headroom"] = measure_headroom(backbone, task, seed, settings)
