@@ -3,6 +3,7 @@
 Usage: python benchmarks/mutation.py [--rev HEAD] [--label after] [--limit-s 1800] [--json FILE]
        python benchmarks/mutation.py --planted [--rev HEAD] [--only NAME ...]
        python benchmarks/mutation.py --compare BEFORE.json AFTER.json   (Markdown tables of two reports)
+       python benchmarks/mutation.py --planted-table PLANTED.json       (Markdown table of a --planted run)
 
 Not part of CI and not a project dependency: a script tool. Install it with ``pip install mutmut`` (written
 against mutmut 3.8; mutmut 3 rewrites every function into a trampoline that switches between the original and
@@ -289,6 +290,19 @@ def compare(before: dict, after: dict) -> str:
     return "\n".join(rows)
 
 
+def planted_table(result: dict) -> str:
+    """Markdown: each planted bug of a ``--planted`` report, whether it was caught and by which test."""
+    rows = [f"Commit {result['commit'][:10]}.", "", "| bug | file | caught by |", "|---|---|---|"]
+    for r in result["bugs"]:
+        verdict = ("not applied" if not r["applied"] else
+                   f"`{r['by'][0].removeprefix('FAILED ').removeprefix('ERROR ')}`" if r["caught"] and r["by"] else
+                   "caught (pytest failed)" if r["caught"] else "**MISSED**")
+        rows.append(f"| {r['bug']} | {r['file']} | {verdict} |")
+    applied = [r for r in result["bugs"] if r["applied"]]
+    rows.append(f"| **{sum(r['caught'] for r in applied)}/{len(applied)} caught** | | |")
+    return "\n".join(rows)
+
+
 def planted_main(args: argparse.Namespace) -> int:
     work = (args.work or Path("/tmp/dapt-mutation") / "planted").resolve()
     commit = resolve(args.rev)
@@ -313,10 +327,14 @@ def main() -> int:
     parser.add_argument("--report-only", action="store_true", help="only read the verdicts of an earlier run")
     parser.add_argument("--planted", action="store_true", help="run the hand-planted bugs instead of mutmut")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="--planted: only the bugs whose name has NAME")
+    parser.add_argument("--planted-table", type=Path, metavar="FILE", help="Markdown table of a --planted report")
     parser.add_argument("--compare", nargs=2, type=Path, metavar=("BEFORE", "AFTER"), help="tables of two reports")
     args = parser.parse_args()
     if args.compare:
         print(compare(*(json.loads(path.read_text(encoding="utf-8")) for path in args.compare)))
+        return 0
+    if args.planted_table:
+        print(planted_table(json.loads(args.planted_table.read_text(encoding="utf-8"))))
         return 0
     if args.planted:
         return planted_main(args)
