@@ -127,8 +127,8 @@ def refresh_gradcam_masks(learner: PromptLearner, dataset: PromptDataset, store:
     forward whose backward stops at the CAM's layer (:func:`~dapt_core.attention.shared.batch_cams`); False,
     and every attention method, runs :func:`~dapt_core.attention.cam.compute_cams`. The maps are the same.
     """
-    # imported here: the grad-cam package (and torchvision under it) costs seconds that a run without the
-    # coarse cue, a Ray worker starting up or `train --help` should not pay
+    # imported here: the grad-cam package costs seconds that a run without the coarse cue, or a Ray worker
+    # starting up, should not pay
     import cv2
 
     from dapt_core.attention.cam import GRADCAM_METHODS, compute_cams
@@ -270,19 +270,8 @@ def train_prompts(learner: PromptLearner, samples: list[Sample], cfg: TrainConfi
     Raises:
         RunMismatchError: the state file belongs to another run.
     """
-    if dapt.cue == "mask" and masks is None:
-        raise ValueError("the mask cue needs a mask for every training image (a mask folder or a segmenter)")
-    if not samples:
-        raise ValueError("no training images")
     val_samples = list(val_samples or [])
-    check_images(samples, "training")  # a broken file is found now, not in the middle of an epoch
-    check_images(val_samples, "validation")
-    if dapt.cue == "mask":
-        check_masks(samples, masks)
-    validate = cfg.selection == "best_val" and bool(val_samples)
-    if cfg.selection == "best_val" and not val_samples:
-        log.warning("model selection best_val has no validation images: the last epoch's prompts are kept")
-    warn_unreached_terms(dapt, cfg.epochs)
+    _check_run(samples, val_samples, cfg, dapt, masks)
     fingerprint = run_fingerprint(learner, samples, cfg, dapt, val_samples=val_samples, masks=masks,
                                   run_info=run_info)
     seed_everything(cfg.seed)
@@ -293,6 +282,7 @@ def train_prompts(learner: PromptLearner, samples: list[Sample], cfg: TrainConfi
     state_path = Path(state_path) if state_path else None
     state = _resume(state_path, restart, fingerprint, learner, optimizer)
     history, best = (state.history, state.best) if state else ([], None)
+    validate = cfg.selection == "best_val" and bool(val_samples)
     learner.train()
     for epoch in range(state.epoch + 1 if state else 0, cfg.epochs):
         dataset.set_epoch(epoch)
@@ -301,22 +291,52 @@ def train_prompts(learner: PromptLearner, samples: list[Sample], cfg: TrainConfi
             refresh_gradcam_masks(learner, dataset, cue_masks, dapt.cam_threshold, method=dapt.cam_method)
         record = _train_epoch(learner, loader, optimizer, epoch, cfg, dapt, on_step, cancel, progress)
         if validate:
-            record["val_accuracy"] = _validation_accuracy(learner, val_samples, cfg)
-            if best is None or record["val_accuracy"] > best["val_accuracy"]:
-                best = {"epoch": epoch, "val_accuracy": record["val_accuracy"],
-                        "learner": {k: v.detach().clone() for k, v in learner.state_dict().items()}}
+            best = _score_epoch(learner, record, best, val_samples, cfg)
         history.append(record)
         log.info("epoch %d: %s", epoch + 1, {k: round(v, 4) for k, v in record.items()})
         if state_path:
             save_state(state_path, TrainState(fingerprint, learner.state_dict(), optimizer.state_dict(), epoch,
                                               history, torch.get_rng_state(), best))
     learner.eval()
-    selected = model_selection(history, cfg.selection)
+    _keep_selected(learner, history, best, cfg.selection)
+    return history
+
+
+def _check_run(samples: list[Sample], val_samples: list[Sample], cfg: TrainConfig, dapt: DaptConfig,
+               masks: MaskProvider | None) -> None:
+    """Refuses a run that cannot finish (no images, a broken file, a missing mask) before its first step, and
+    warns of what it will not do (best_val without validation images, a term the schedule never reaches)."""
+    if dapt.cue == "mask" and masks is None:
+        raise ValueError("the mask cue needs a mask for every training image (a mask folder or a segmenter)")
+    if not samples:
+        raise ValueError("no training images")
+    check_images(samples, "training")  # a broken file is found now, not in the middle of an epoch
+    check_images(val_samples, "validation")
+    if dapt.cue == "mask":
+        check_masks(samples, masks)
+    if cfg.selection == "best_val" and not val_samples:
+        log.warning("model selection best_val has no validation images: the last epoch's prompts are kept")
+    warn_unreached_terms(dapt, cfg.epochs)
+
+
+def _score_epoch(learner: PromptLearner, record: dict, best: dict | None, val_samples: list[Sample],
+                 cfg: TrainConfig) -> dict | None:
+    """Adds the epoch's ``val_accuracy`` to its record; returns the best epoch so far (its prompts copied),
+    which a later epoch replaces only when strictly better."""
+    record["val_accuracy"] = _validation_accuracy(learner, val_samples, cfg)
+    if best is None or record["val_accuracy"] > best["val_accuracy"]:
+        return {"epoch": record["epoch"], "val_accuracy": record["val_accuracy"],
+                "learner": {k: v.detach().clone() for k, v in learner.state_dict().items()}}
+    return best
+
+
+def _keep_selected(learner: PromptLearner, history: list[dict], best: dict | None, rule: str) -> None:
+    """Leaves the learner holding the prompts :func:`model_selection` keeps (best_val: the best epoch's)."""
+    selected = model_selection(history, rule)
     if selected["rule"] == "best_val":
         learner.load_state_dict(best["learner"])
         log.info("model selection: kept epoch %d (validation accuracy %.2f%%)", selected["epoch"] + 1,
                  selected["val_accuracy"])
-    return history
 
 
 @torch.no_grad()
