@@ -136,7 +136,7 @@ def attention_per_scene(learner, scenes: LabelledScenes, method: str = SETTINGS.
 
 
 def measure_headroom(backbone, task: DownstreamTask, seed: int, settings: GateSettings = SETTINGS) -> dict:
-    """Zero-shot and trained CoOp accuracy (percent) on every test split of the task, and the CoOp's gain."""
+    """Zero-shot and trained CoOp accuracy (percent) on every test split of the task, and CoOp's training time."""
     zero = train_coop(backbone, task.classnames, None, seed, settings)
     started = time.perf_counter()
     coop = train_coop(backbone, task.classnames, task.train, seed, settings)
@@ -150,6 +150,8 @@ def measure_headroom(backbone, task: DownstreamTask, seed: int, settings: GateSe
 def measure_attention(backbone, world: SuiteWorld, task: DownstreamTask, seed: int,
                       settings: GateSettings = SETTINGS) -> dict:
     """Both control prompt sets' energy share on the task's conflicting scenes, and their paired difference."""
+    if tuple(world.classnames) != tuple(task.classnames):
+        raise ValueError("the world's classes and the task's differ; the controls must label scenes as the task does")
     conflicting = task.tests["test_conflicting"]
     out: dict = {}
     shares = {}

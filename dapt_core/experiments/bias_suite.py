@@ -6,8 +6,8 @@ base scene (an object on one of its class's *home* backgrounds) is shown in six 
 - ``original``: the scene as rendered;
 - ``only_fg``: the object alone, every other pixel hidden (:func:`dapt_core.preprocess.hide`: the data set's
   mean colour);
-- ``only_bg``: the background alone, *rendered without the object* (the exact pixels the object covers; a
-  rendered world needs no inpainting, where ImageNet-9 blacks or tiles the object's box);
+- ``only_bg``: the background alone, *rendered without the object*, the pixels under the object included (a
+  rendered world needs no inpainting, where ImageNet-9 blacks out or tiles over the object's box);
 - ``no_fg``: the object's pixels hidden (mean colour), so its silhouette stays, as in ImageNet-9;
 - ``mixed_same``: the same object pixels on a fresh background drawn from its own class's home set;
 - ``mixed_rand``: the same object pixels on a fresh background of a random *other* class's home set, never one
