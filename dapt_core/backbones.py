@@ -85,6 +85,13 @@ register_backbone(BackboneSpec(
     description="the bundled mini-CLIP trained on the synthetic foreground/background world (offline default)",
 ))
 register_backbone(BackboneSpec(
+    name="synth-web",
+    model_name="synth-web",
+    pretrained="synth-web-v1",
+    weights="synth-web",
+    description="a mini-CLIP pre-trained on the web-like world (objects on home backgrounds): it has context bias",
+))
+register_backbone(BackboneSpec(
     name="ViT-B-16-random",
     model_name="ViT-B-16-quickgelu",
     pretrained=None,

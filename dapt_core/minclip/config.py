@@ -40,3 +40,32 @@ class PretrainConfig:
     save_dtype: str = "float16"  # dtype of the stored floating-point tensors
     precision: str = "bf16"  # "bf16": bf16 autocast for the towers (AMX on recent CPUs, tensor cores on GPUs); "fp32"
     attention: str = "math"  # "math": plain matmul-softmax-matmul attention; "auto": PyTorch's pick (see pretrain.ATTENTION)
+
+
+@dataclass(frozen=True)
+class WebPretrainConfig(PretrainConfig):
+    """The `synth-web` recipe: pre-training on the web-like world (`dapt_core.world.web`), with its context bias.
+
+    Unlike synth-mini's recipe nothing here teaches backgrounds as such: no background head, no background
+    class captions, no background-only captions; captions name the object (background mentioned at the
+    corpus's low rate), as web alt-text does. The object head and the object class captions stay: they
+    carry only what every caption already says (the object's name) and they let the image tower start on
+    shapes at once (see checkpoints/synth-mini.md, "Why the heads matter"). Backgrounds are free to be
+    used as a cue, since the object's home backgrounds predict it in `p_home` of the pictures.
+    """
+
+    model_name: str = "synth-web"
+    steps: int = 1000
+    batch_size: int = 128
+    object_only_share: float = 1.0  # unused by the web corpus (its own caption mix is below)
+    background_only_share: float = 0.0  # no background-only captions
+    distinct_captions: bool = False  # web captions repeat; known duplicates are out of InfoNCE (positives="own")
+    probe_head_weight: float = 1.0  # the linear *object* head only
+    class_caption_weight: float = 1.0  # one caption per *object* class only
+    p_home: float = 0.85  # WebWorldConfig.p_home of the corpus
+    p_background_caption: float = 0.1  # WebWorldConfig.p_background_caption of the corpus
+    eval_n: int = 240  # probe scenes per probe set (home / other / only-background)
+
+
+# Named recipes; each backbone's defaults reproduce its bundled checkpoint's recipe.
+PRESETS: dict[str, PretrainConfig] = {"synth-mini": PretrainConfig(), "synth-web": WebPretrainConfig()}

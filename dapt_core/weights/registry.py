@@ -120,6 +120,16 @@ for _spec in (
         rebuild="python -m dapt_core synth pretrain",
     ),
     WeightSpec(
+        name="synth-web",
+        filename="synth-web.safetensors",
+        hf_repo=None,
+        url=None,
+        sha256=None,
+        size_mb=None,
+        description="this project's mini-CLIP pre-trained on its web-like world, with context bias (issue 14)",
+        rebuild="python -m dapt_core.minclip.web_pretrain",
+    ),
+    WeightSpec(
         name="sam-vit-b",
         filename="sam_vit_b_01ec64.pth",
         hf_repo=None,
