@@ -101,46 +101,18 @@ def _dapt_config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     """Trains, evaluates on the test split (unless ``--no-eval``), saves; prints one JSON line."""
     from dapt_core.checkpoint import save_prompt_set
-    from dapt_core.data.folders import few_shot, image_root
-    from dapt_core.data.masks import MaskFolder
     from dapt_core.learners import build_learner
-    from dapt_core.objective import unreached_terms
-    from dapt_core.preflight import check_images, check_masks, check_writable
-    from dapt_core.train import (
-        TrainConfig, config_dict, evaluate, few_shot_validation, model_selection, seed_everything, train_prompts,
-    )
+    from dapt_core.preflight import check_writable
+    from dapt_core.selection import select_samples
+    from dapt_core.train import evaluate, seed_everything, train_prompts
 
-    from dapt_core.selection import SelectionConfig, select_samples
-
-    out = Path(args.out)
-    if out.suffix != ".safetensors":
-        raise ValueError(f"--out must end in .safetensors, got {out}")
-    selection = SelectionConfig(fraction=args.select_fraction, method=args.select_method, seed=args.seed,
-                                per_class=not args.select_global, uncertainty=args.select_score)
-    # the training and DAPT settings check themselves before any data or model loads
-    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                      shots=args.shots, selection=args.selection)
-    dapt = _dapt_config(args)
+    out, selection, cfg, dapt = _checked_settings(args)
     check_writable(out)
     splits = data_splits(args)
-    masks = None
-    if args.dapt == "mask":
-        if not args.masks:
-            raise ValueError("--dapt mask needs --masks DIR (a mask file per training image)")
-        masks = MaskFolder(args.masks, image_root(splits))
-    # the images and masks training reads are looked at before the backbone loads
-    train = few_shot(splits.train, args.shots, args.seed)
-    val = few_shot_validation(splits.val, args.shots, args.seed)
-    check_images(train, "training")
-    check_images(val, "validation")
-    if not args.no_eval:
-        check_images(splits.test, "test")
-    check_masks(train, masks)
+    train, val, masks = _checked_images(args, splits)
     backbone = load_backbone(args)
-    options = {k: v for k, v in {"n_ctx": args.n_ctx, "ctx_init": args.ctx_init, "depth": args.depth,
-                                 "class_specific": args.class_specific or None}.items() if v is not None}
     seed_everything(args.seed)
-    learner = build_learner(args.learner, backbone, splits.classnames, **options)
+    learner = build_learner(args.learner, backbone, splits.classnames, **_learner_options(args))
     train, data_selection = select_samples(train, selection, backbone=backbone, classnames=splits.classnames)
     log.info("training %s (DAPT %s) on %d images of %d classes", args.learner, args.dapt, len(train),
              splits.num_classes)
@@ -152,11 +124,64 @@ def run(args: argparse.Namespace) -> int:
     metrics = {}
     if splits.test and not args.no_eval:
         metrics = evaluate(learner, splits.test, progress=True)
-    train_meta = {**config_dict(cfg), "data": args.data, "subsample": args.subsample, "shots": args.shots,
-                  "data_selection": data_selection, "history": history, "n_val": len(val),
-                  "selected": model_selection(history, cfg.selection), "background_words": args.background_words,
-                  "unreached_terms": unreached_terms(dapt, cfg.epochs)}
-    save_prompt_set(learner, out, dapt=dapt if dapt.enabled else None, train_config=train_meta, metrics=metrics)
+    save_prompt_set(learner, out, dapt=dapt if dapt.enabled else None, metrics=metrics,
+                    train_config=_train_meta(args, cfg, dapt, data_selection, history, len(val)))
     state.unlink(missing_ok=True)
     print_json({"out": str(out), "learner": args.learner, "dapt": args.dapt, **metrics})
     return 0
+
+
+def _checked_settings(args: argparse.Namespace):
+    """(output path, SelectionConfig, TrainConfig, DaptConfig): each checks itself before any data or model
+    loads, so a bad setting is refused in one line and nothing is written."""
+    from dapt_core.selection import SelectionConfig
+    from dapt_core.train import TrainConfig
+
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"--out must end in .safetensors, got {out}")
+    selection = SelectionConfig(fraction=args.select_fraction, method=args.select_method, seed=args.seed,
+                                per_class=not args.select_global, uncertainty=args.select_score)
+    cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                      shots=args.shots, selection=args.selection)
+    return out, selection, cfg, _dapt_config(args)
+
+
+def _checked_images(args: argparse.Namespace, splits):
+    """(training draw, validation draw, mask folder or None); every image and mask training or the test
+    evaluation reads is looked at before the backbone loads."""
+    from dapt_core.data.folders import few_shot, image_root
+    from dapt_core.data.masks import MaskFolder
+    from dapt_core.preflight import check_images, check_masks
+    from dapt_core.train import few_shot_validation
+
+    masks = None
+    if args.dapt == "mask":
+        if not args.masks:
+            raise ValueError("--dapt mask needs --masks DIR (a mask file per training image)")
+        masks = MaskFolder(args.masks, image_root(splits))
+    train = few_shot(splits.train, args.shots, args.seed)
+    val = few_shot_validation(splits.val, args.shots, args.seed)
+    check_images(train, "training")
+    check_images(val, "validation")
+    if not args.no_eval:
+        check_images(splits.test, "test")
+    check_masks(train, masks)
+    return train, val, masks
+
+
+def _learner_options(args: argparse.Namespace) -> dict:
+    """The learner options the command line sets (the rest keep the learner's defaults)."""
+    return {k: v for k, v in {"n_ctx": args.n_ctx, "ctx_init": args.ctx_init, "depth": args.depth,
+                              "class_specific": args.class_specific or None}.items() if v is not None}
+
+
+def _train_meta(args: argparse.Namespace, cfg, dapt, data_selection: dict, history: list[dict], n_val: int) -> dict:
+    """The training record the prompt set's metadata keeps: settings, data, history and the kept epoch."""
+    from dapt_core.objective import unreached_terms
+    from dapt_core.train import config_dict, model_selection
+
+    return {**config_dict(cfg), "data": args.data, "subsample": args.subsample, "shots": args.shots,
+            "data_selection": data_selection, "history": history, "n_val": n_val,
+            "selected": model_selection(history, cfg.selection), "background_words": args.background_words,
+            "unreached_terms": unreached_terms(dapt, cfg.epochs)}
