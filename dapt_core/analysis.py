@@ -148,20 +148,9 @@ def analyze(image: ImageSource, prompt_sets: list[PromptLearner] | list[tuple[st
     target_index = None if target is None else _class_index(target, classnames)
     timings: dict[str, float] = {}
 
-    tick = time.perf_counter()
-    picture = load_image(image, max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
-    pixels = image_to_array(picture)
-    given = None if mask is None else _given_mask(mask, pixels.shape[:2])
-    backbone = learners[0].backbone
-    batch = _model_input(picture, backbone)
-    timings["load"] = time.perf_counter() - tick
-
+    pixels, given, batch = _load_input(image, mask, max_pixels, learners[0].backbone, timings)
     set_cams, text_features, shared = _run_sets(learners, batch, target_index, cam_method, share_forward, timings)
-
-    tick = time.perf_counter()
-    height, width = pixels.shape[:2]
-    cams = [_to_image_size(c.cam, height, width) for c in set_cams]
-    timings["cam"] += time.perf_counter() - tick
+    cams = _image_sized_cams(set_cams, pixels.shape[:2], timings)
 
     segmentation = None
     fg = given
@@ -178,6 +167,27 @@ def analyze(image: ImageSource, prompt_sets: list[PromptLearner] | list[tuple[st
     timings["total"] = time.perf_counter() - started
     return AnalysisResult(image=pixels, mask=fg, segmentation=segmentation, results=results,
                           cam_method=cam_method, timings=timings, shared_forward=shared)
+
+
+def _load_input(image: ImageSource, mask: np.ndarray | None, max_pixels: int | None, backbone: Backbone,
+                timings: dict[str, float]) -> tuple[np.ndarray, np.ndarray | None, torch.Tensor]:
+    """The image as (H, W, 3) uint8 pixels, the caller's mask at its size (or None) and the (1, 3, S, S) model
+    input; the seconds go to ``timings["load"]``."""
+    tick = time.perf_counter()
+    picture = load_image(image, max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
+    pixels = image_to_array(picture)
+    given = None if mask is None else _given_mask(mask, pixels.shape[:2])
+    batch = _model_input(picture, backbone)
+    timings["load"] = time.perf_counter() - tick
+    return pixels, given, batch
+
+
+def _image_sized_cams(set_cams: list[SetCam], shape: tuple[int, int], timings: dict[str, float]) -> list[np.ndarray]:
+    """Each set's S x S map resized to the (H, W) image; the seconds are added to ``timings["cam"]``."""
+    tick = time.perf_counter()
+    cams = [_to_image_size(c.cam, shape[0], shape[1]) for c in set_cams]
+    timings["cam"] += time.perf_counter() - tick
+    return cams
 
 
 def _set_results(named: list[tuple[str, str, PromptLearner]], set_cams: list[SetCam], cams: list[np.ndarray],
