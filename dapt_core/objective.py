@@ -31,6 +31,7 @@ from dapt_core.attention.descriptions import DEFAULT_METHOD, METHOD_DESCRIPTIONS
 from dapt_core.backgrounds import OFFICIAL_BACKGROUNDS, check_background_words
 from dapt_core.constants import CAM_THRESHOLD, OFFICIAL_EPOCHS, OFFICIAL_SWITCH_EPOCH
 from dapt_core.learners.base import PromptLearner
+from dapt_core.preprocess import split_views
 
 log = logging.getLogger(__name__)
 
@@ -168,17 +169,9 @@ def warn_unreached_terms(cfg: DaptConfig, epochs: int) -> list[str]:
 
 # --- the losses --------------------------------------------------------------------------------------------
 
-def decouple(images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Foreground and background views of normalised images.
-
-    Args:
-        images: (B, 3, H, W) images normalised with the data set mean and std.
-        masks: (B, 1, H, W) foreground masks in [0, 1].
-
-    Returns:
-        ``(x * m, x * (1 - m))``: hidden pixels become 0 in normalised space, i.e. the data set mean colour.
-    """
-    return images * masks, images * (1.0 - masks)
+# DAPT's split of each image into its foreground and background views (``x * m``, ``x * (1 - m)``; hidden
+# pixels become the data set's mean colour): the one implementation every caller shares
+decouple = split_views
 
 
 def foreground_alignment_loss(fg_features: torch.Tensor, text_features: torch.Tensor, labels: torch.Tensor,
