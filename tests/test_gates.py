@@ -182,3 +182,22 @@ def test_the_parser_offers_the_library_worlds():
     from dapt_core.experiments.bias_worlds import WORLDS
 
     assert WORLD_CHOICES == ("auto", *WORLDS)
+
+
+def test_bias_command_measures_a_saved_prompt_set(tmp_path, capsys, tiny_backbone):
+    from dapt_core.checkpoint import save_prompt_set
+    from dapt_core.experiments.bias_worlds import synth_world
+    from dapt_core.learners import build_learner
+
+    classes = list(synth_world(1, n_classes=3).classnames)
+    path = save_prompt_set(build_learner("coop", tiny_backbone, classes), tmp_path / "tiny-coop.safetensors")
+    argv = ["bench", "bias", "--backbone", "tiny-vit", "--per-class", "2", "--n-classes", "3", "--prompts", str(path),
+            "--out", str(tmp_path)]
+    assert main(argv) == 0
+    line = _last_json(capsys.readouterr().out)
+    assert line["classifier"] == "prompt learner (coop)" and line["prompt_set"] == "tiny-coop.safetensors"
+    saved = json.loads((tmp_path / "bias_suite_tiny-vit_tiny-coop_seed1.json").read_text())
+    assert saved["command"].endswith(f"--prompts {path}")
+    wrong = save_prompt_set(build_learner("coop", tiny_backbone, ["x", "y", "z"]), tmp_path / "other.safetensors")
+    assert main(argv[:-4] + ["--prompts", str(wrong), "--out", str(tmp_path / "no")]) == 2
+    assert "classes differ" in capsys.readouterr().err and not (tmp_path / "no").exists()

@@ -49,6 +49,9 @@ def add_bias_parser(bsub: argparse._SubParsersAction) -> None:
                                     "Mixed-Rand. Writes <name>.json/.md/.png; the last stdout line is one JSON "
                                     "object.")
     _common(p)
+    p.add_argument("--prompts", default=None, metavar="CKPT",
+                   help="measure this prompt set (.safetensors, over the world's classes) instead of zero-shot CLIP; "
+                        "in the synth world give its task seed as --seed, so that home = its training pairing")
     p.set_defaults(func=run_bench_bias)
 
     p = bsub.add_parser("gates", help="issue 14's gates: bias, headroom and attention separation, pass/fail",
@@ -81,6 +84,8 @@ def _command(args: argparse.Namespace, sub: str, extra: tuple[str, ...] = ()) ->
         parts += ["--n-classes", str(args.n_classes)]
     if args.weights:
         parts += ["--weights", args.weights]
+    if getattr(args, "prompts", None):
+        parts += ["--prompts", args.prompts]
     return " ".join(shlex.quote(p) if i > 1 else p for i, p in enumerate(parts))
 
 
@@ -98,15 +103,22 @@ def _setup(args: argparse.Namespace):
 
 
 def _suite(args: argparse.Namespace, backbone) -> dict:
-    """Runs the zero-shot bias suite and writes its report; returns the result."""
+    """Runs the bias suite (zero-shot, or ``--prompts``) and writes its report; returns the result."""
+    from pathlib import Path
+
+    from dapt_core.checkpoint import load_prompt_set
     from dapt_core.experiments.bias_report import write_suite
     from dapt_core.experiments.bias_suite import run_suite, suite_scenes
     from dapt_core.experiments.bias_worlds import build
 
     world = build(_world(args), args.seed, args.n_classes)
+    prompts = getattr(args, "prompts", None)
+    learner = load_prompt_set(prompts, backbone) if prompts else None
     scenes = suite_scenes(world, args.per_class, args.seed, backbone.image_size)
-    result = run_suite(backbone, world, args.per_class, args.seed, scenes=scenes)
-    stem = f"bias_suite_{backbone.name}_seed{args.seed}"
+    result = run_suite(backbone, world, args.per_class, args.seed, scenes=scenes, learner=learner)
+    if prompts:
+        result["prompt_set"] = Path(prompts).name
+    stem = f"bias_suite_{backbone.name}{'_' + Path(prompts).stem if prompts else ''}_seed{args.seed}"
     if args.name:
         stem = args.name if args.bench_command == "bias" else f"{args.name}_suite"
     written = write_suite(result, args.out, stem, _command(args, "bias"), scenes, backbone.mean, backbone.std)
