@@ -9,8 +9,6 @@ The work is done by ``dapt_core.app_support``; this file only lays out the page 
 from __future__ import annotations
 
 import argparse
-import functools
-import inspect
 import logging
 import os
 from pathlib import Path
@@ -26,8 +24,6 @@ import gradio as gr  # noqa: E402
 
 from dapt_core import app_support as support  # noqa: E402
 from dapt_core.app_support import zerogpu  # noqa: E402
-from dapt_core.app_support.training import MAX_EPOCHS  # noqa: E402
-from dapt_core.app_support.user_masks import UserMasks  # noqa: E402
 from dapt_core.attention.descriptions import best_measured_method, method_choices  # noqa: E402
 from dapt_core.backbones import Backbone  # noqa: E402
 from dapt_core.learners import list_learners  # noqa: E402
@@ -41,9 +37,8 @@ INTRO = ("DAPT (*Decouple before Align*) tunes CLIP's prompts so that attention 
          "object. Compare prompt sets, tune your own, exchange them.")
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 7860
 MAX_UPLOAD = "200mb"  # Gradio refuses bigger files before they reach a handler
-# width * height of an image to analyse. Below constants.MAX_IMAGE_PIXELS (what the reader decodes at all): a
-# comparison keeps the picture, one image-sized CAM per prompt set and the overlays in memory while other
-# visitors' comparisons run on the same server.
+# width * height of an image to analyse, below constants.MAX_IMAGE_PIXELS (what the reader decodes at all): a
+# comparison keeps the picture, a CAM per prompt set and the overlays in memory beside other visitors' ones
 MAX_ANALYSIS_PIXELS = 25_000_000
 MAX_COMPARED_SETS = 6  # prompt sets in one comparison
 DISPLAY_SIDE_PX = 512  # pictures are sent to the browser at most this large
@@ -60,144 +55,69 @@ MASKS_GPU_S = 60  # masks of a visitor's labelled images (SAM is seconds per ima
 TRAIN_GPU_BASE_S, TRAIN_GPU_S_PER_EPOCH = 30, 10
 SOURCES = [("the synthetic shapes task (exact masks)", "synthetic"), ("a zip with one folder per class", "zip"),
            ("images added below, class by class", "images")]
+PRIVATE = {"api_visibility": "private"}  # events of the page itself, not offered through the API
+QUIET = {**PRIVATE, "show_progress": "hidden"}  # ... that redraw a part of the page without a spinner
 
 
+# --- handlers ---------------------------------------------------------------------------------------------
 def _guard(fn: Callable) -> Callable:
     """Shows a visitor's mistake as a plain ``gr.Error``; logs anything else with its traceback."""
-    def translate(err: Exception) -> gr.Error:
-        if isinstance(err, gr.Error):
-            return err
-        message = support.user_message(err)
-        if message is None:
-            log.exception("%s failed", fn.__name__)
-        else:
-            log.warning("%s refused: %s", fn.__name__, err)
-        return gr.Error(support.INTERNAL_ERROR if message is None else message, print_exception=False)
-
-    if inspect.isgeneratorfunction(fn):
-        @functools.wraps(fn)
-        def stream(*args, **kwargs):
-            try:
-                yield from fn(*args, **kwargs)
-            except Exception as err:
-                raise translate(err) from err
-        return stream
-
-    @functools.wraps(fn)
-    def call(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as err:
-            raise translate(err) from err
-    return call
+    return support.guarded(fn, lambda message: gr.Error(message, print_exception=False), keep=(gr.Error,),
+                           logger=log)
 
 
 def _train_gpu_seconds(source: str, zip_file: Any, learner: str, cue: str, shots: float, epochs: float,
                        *rest: Any) -> float:
     """The GPU seconds a training call asks ZeroGPU for (its arguments are the train handler's)."""
-    try:
-        n = min(max(int(float(epochs)), 1), MAX_EPOCHS)
-    except (TypeError, ValueError, OverflowError):  # the handler refuses it with a message of its own
-        n = 1
-    return TRAIN_GPU_BASE_S + TRAIN_GPU_S_PER_EPOCH * n
+    return TRAIN_GPU_BASE_S + TRAIN_GPU_S_PER_EPOCH * support.requested_epochs(epochs)
 
 
-def _owner(request: gr.Request) -> str:
-    """The visitor's session: whose training jobs a cancel stops."""
-    return getattr(request, "session_hash", None) or "anonymous"
-
-
-class Handlers:
-    """Everything the UI calls; one instance serves every visitor (per-visitor state is in gr.State)."""
+class Handlers(support.AppServices):
+    """Everything the UI calls; one instance serves every visitor (per-visitor state is in gr.State). The
+    library's handlers take and return plain values; the four here need Gradio's progress, request or updates."""
 
     def __init__(self, backbone: Backbone, catalog: support.PromptCatalog, examples: support.Examples) -> None:
-        self.catalog = catalog
-        self.examples = examples
-        self.files = support.TempFiles()
-        self.segmenters = support.SegmenterMenu(exact_masks=any(e.mask for e in examples.items))
-        limits = support.CompareLimits(MAX_COMPARED_SETS, MAX_ANALYSIS_PIXELS, DISPLAY_SIDE_PX)
-        self.comparer = support.Comparer(catalog, self.segmenters, examples, self.files, limits)
-        self.user_masks = UserMasks(backbone, self.segmenters)
-        self.trainer = support.TrainingService(backbone, catalog, self.files, max_waiting=TRAIN_WATCHERS,
-                                               redraw_s=PROGRESS_INTERVAL_S, masks=self.user_masks)
-        # on ZeroGPU a GPU is attached only inside these calls (unchanged without the spaces package)
-        self.compare = zerogpu.gpu(COMPARE_GPU_S)(self.compare)
-        self.train = zerogpu.gpu(_train_gpu_seconds)(self.train)
-        self.upload_prompt_set = zerogpu.gpu(UPLOAD_GPU_S)(self.upload_prompt_set)
-        self.make_masks = zerogpu.gpu(MASKS_GPU_S)(self.make_masks)
+        super().__init__(backbone, catalog, examples, max_waiting=TRAIN_WATCHERS, redraw_s=PROGRESS_INTERVAL_S,
+                         limits=support.CompareLimits(MAX_COMPARED_SETS, MAX_ANALYSIS_PIXELS, DISPLAY_SIDE_PX))
+        for name, seconds in GPU_SECONDS.items():  # on ZeroGPU a GPU is attached only inside these calls
+            setattr(self, name, zerogpu.gpu(seconds)(getattr(self, name)))
 
-    def suggest_segmenter(self, image: Any, segmenter: str) -> str:
-        return self.comparer.suggest_segmenter(image, segmenter)
-
-    @_guard
-    def segmenter_note(self, image: Any, segmenter: str) -> str:
-        return self.comparer.segmenter_note(image, segmenter)
-
-    @_guard
-    def compare(self, image: Any, set_keys: list[str] | None, classes: str, segmenter: str, cam_method: str,
-                target: str) -> support.CompareOutputs:
-        """Runs every chosen prompt set on the image; returns the split, overlays, table, chart, figure, JSON."""
-        return self.comparer.run(image, set_keys, classes, segmenter, cam_method, target)
-
-    @_guard
-    def add_images(self, files: list | None, classname: str, folder: str | None) -> tuple[str, str]:
-        """Adds uploaded images under a class name to this visitor's image folder (kept in gr.State)."""
-        paths = [p for p in map(support.upload_path, files or []) if p is not None]
-        root, summary = self.trainer.add_images(paths, classname, Path(folder) if folder else None)
-        return str(root), summary
-
-    @_guard
     def make_masks(self, source: str, zip_file: Any, folder: str | None, segmenter: str,
                    progress: gr.Progress = gr.Progress()) -> tuple[list, str]:
         """The masks of the visitor's images for the mask cue, made with progress, as a gallery to review."""
-        made = self.user_masks.make_for_form(source, support.upload_path(zip_file), Path(folder) if folder else None,
-                                             segmenter, self.files.new_dir(),
-                                             lambda done, total: progress(done / total, desc=f"mask {done}/{total}"))
-        return made.gallery(), made.summary
+        return self.masks_for_form(source, zip_file, folder, segmenter,
+                                   lambda done, total: progress(done / total, desc=f"mask {done}/{total}"))
 
-    @_guard
-    def clear_images(self) -> tuple[None, str]:
-        return None, support.NO_IMAGES_YET
-
-    @_guard
     def train(self, source: str, zip_file: Any, learner: str, cue: str, shots: float, epochs: float, name: str,
               seed: float, folder: str | None, request: gr.Request,
               mask_segmenter: str | None = None) -> Iterator[support.TrainProgress]:
         """Queues a training job and streams its place in line, progress, losses and the saved prompt set."""
-        self.catalog.check_room()  # a full user folder is said before the training, not after it
-        job = self.trainer.submit(_owner(request), source, support.upload_path(zip_file), learner, cue, shots,
-                                  epochs, name, seed, Path(folder) if folder else None, mask_segmenter)
-        yield from self.trainer.watch(job)
+        yield from self.train_from_form(request, source, zip_file, learner, cue, shots, epochs, name, seed, folder,
+                                        mask_segmenter)
 
-    @_guard
     def cancel(self, request: gr.Request) -> str:
         """Cancels this visitor's training job(s), waiting or running."""
-        return self.trainer.cancel(_owner(request))
+        return self.cancel_training(request)
 
-    @_guard
-    def prompt_sets(self) -> list[dict]:
-        """The prompt sets that fit the loaded backbone, with their metadata."""
-        return self.catalog.view().summaries
-
-    @_guard
     def refresh(self, selected: list[str] | None) -> tuple:
         """Re-reads the catalogue: prompt-set choices (keeping what is still there), table, download list."""
         view = self.catalog.view(selected)
         return (gr.update(choices=view.choices, value=view.selected), view.rows,
                 gr.update(choices=view.choices, value=view.first_key), view.summaries)
 
-    @_guard
-    def upload_prompt_set(self, upload: Any) -> str:
-        """Checks an uploaded .safetensors prompt set against the backbone and adds it to the user folder."""
-        path = support.upload_path(upload)
-        if path is None:
-            raise ValueError("Choose a .safetensors prompt set to upload.")
-        return support.install_note(self.catalog.install(path, support.upload_name(upload)))
 
-    @_guard
-    def download_prompt_set(self, key: str | None) -> str:
-        """A copy of a prompt set's file, to download."""
-        return str(self.catalog.export(key, self.files))
+# every handler the page calls, except suggest_segmenter (it catches its own errors)
+GUARDED = ("segmenter_note", "compare", "add_images", "make_masks", "clear_images", "train", "cancel",
+           "prompt_sets", "refresh", "upload_prompt_set", "download_prompt_set")
+for _name in GUARDED:
+    setattr(Handlers, _name, _guard(getattr(Handlers, _name)))
+GPU_SECONDS = {"compare": COMPARE_GPU_S, "train": _train_gpu_seconds, "upload_prompt_set": UPLOAD_GPU_S,
+               "make_masks": MASKS_GPU_S}
+
+
+# --- the page: one function per tab -----------------------------------------------------------------------
+def _output_image(label: str, **kwargs: Any) -> gr.Image:
+    return gr.Image(label=label, format="png", interactive=False, **kwargs)
 
 
 def _compare_tab(h: Handlers, listed: support.CatalogView, device: str) -> gr.CheckboxGroup:
@@ -221,10 +141,8 @@ def _compare_tab(h: Handlers, listed: support.CatalogView, device: str) -> gr.Ch
             run = gr.Button("Compare", variant="primary", elem_id="compare-run")
         with gr.Column(scale=2):
             with gr.Row():
-                split = gr.Image(label="Foreground / background split", format="png", interactive=False, scale=3,
-                                 height=220)
-                chart = gr.Image(label="Attention on the object", format="png", interactive=False, scale=2,
-                                 height=220, show_label=False)
+                split = _output_image("Foreground / background split", scale=3, height=220)
+                chart = _output_image("Attention on the object", scale=2, height=220, show_label=False)
             gallery = gr.Gallery(label="Attention per prompt set", columns=3, format="png", height="auto",
                                  elem_id="compare-gallery")
             table = gr.Dataframe(headers=support.TABLE_HEADERS, label="Predictions", wrap=True,
@@ -232,10 +150,9 @@ def _compare_tab(h: Handlers, listed: support.CatalogView, device: str) -> gr.Ch
             figure = gr.File(label="Comparison figure (PNG)")
             with gr.Accordion("Raw results (JSON)", open=False):
                 summary = gr.JSON(label="Results")
-    quiet = {"api_visibility": "private", "preprocess": False, "show_progress": "hidden"}
-    image.change(h.suggest_segmenter, [image, segmenter], segmenter, **quiet)
+    image.change(h.suggest_segmenter, [image, segmenter], segmenter, preprocess=False, **QUIET)
     for trigger in (image.change, segmenter.change):
-        trigger(h.segmenter_note, [image, segmenter], seg_note, **quiet)
+        trigger(h.segmenter_note, [image, segmenter], seg_note, preprocess=False, **QUIET)
     run.click(h.compare, [image, sets, classes, segmenter, cam_method, target],
               [split, gallery, table, chart, figure, summary], api_name="compare", preprocess=False,
               concurrency_limit=COMPARE_CONCURRENCY.get(device, 1), concurrency_id="compare")
@@ -254,8 +171,7 @@ def _tuning_tab(h: Handlers) -> tuple[gr.Button, gr.Button, list, list]:
                 files = gr.File(label="Images of one class", file_count="multiple", file_types=["image"])
                 classname = gr.Textbox("", label="Class of these images")
                 with gr.Row():
-                    add = gr.Button("Add to my images")
-                    clear = gr.Button("Start over")
+                    add, clear = gr.Button("Add to my images"), gr.Button("Start over")
                 folder_note = gr.Markdown(support.NO_IMAGES_YET)
             learner = gr.Radio(list_learners(), value="coop", label="Prompt learner")
             cue = gr.Radio(list(CUES), value="gradcam", label="DAPT cue",
@@ -273,21 +189,17 @@ def _tuning_tab(h: Handlers) -> tuple[gr.Button, gr.Button, list, list]:
             name = gr.Textbox("", label="Name of the new prompt set", placeholder="e.g. my-pets-dapt")
             seed = gr.Number(1, precision=0, label="Seed")
             with gr.Row():
-                train = gr.Button("Train", variant="primary")
-                stop = gr.Button("Cancel", variant="stop")
+                train, stop = gr.Button("Train", variant="primary"), gr.Button("Cancel", variant="stop")
         with gr.Column(scale=1):
             status = gr.Markdown("Training runs one job at a time; others wait in line.", label="Status")
-            losses = gr.Image(label="Losses", format="png", interactive=False)
-            metrics = gr.JSON(label="Held-out evaluation")
-            trained = gr.File(label="The trained prompt set")
+            losses = _output_image("Losses")
+            metrics, trained = gr.JSON(label="Held-out evaluation"), gr.File(label="The trained prompt set")
     source.change(lambda s: (gr.update(visible=s == "zip"), gr.update(visible=s == "images")), source,
-                  [zip_file, by_class], api_visibility="private", show_progress="hidden")
-    add.click(h.add_images, [files, classname, folder], [folder, folder_note], api_visibility="private",
-              preprocess=False)
-    clear.click(h.clear_images, None, [folder, folder_note], api_visibility="private")
+                  [zip_file, by_class], **QUIET)
+    add.click(h.add_images, [files, classname, folder], [folder, folder_note], preprocess=False, **PRIVATE)
+    clear.click(h.clear_images, None, [folder, folder_note], **PRIVATE)
     for trigger in (source.change, cue.change):
-        trigger(lambda s, c: gr.update(visible=s != "synthetic" and c == "mask"), [source, cue], mask_box,
-                api_visibility="private", show_progress="hidden")
+        trigger(lambda s, c: gr.update(visible=s != "synthetic" and c == "mask"), [source, cue], mask_box, **QUIET)
     make.click(h.make_masks, [source, zip_file, folder, mask_segmenter], [mask_gallery, mask_note],
                api_name="make_masks", preprocess=False)
     inputs = [source, zip_file, learner, cue, shots, epochs, name, seed, folder, mask_segmenter]
@@ -299,16 +211,14 @@ def _prompts_tab(backbone: Backbone, listed: support.CatalogView) -> tuple:
     gr.Markdown("### Loaded backbone\n" + support.describe_backbone(backbone))
     table = gr.Dataframe(listed.rows, headers=support.CATALOG_HEADERS, label="Prompt sets for this backbone",
                          wrap=True)
-    listing = gr.JSON(label="Prompt-set metadata", open=False)
-    refresh = gr.Button("Refresh")
+    listing, refresh = gr.JSON(label="Prompt-set metadata", open=False), gr.Button("Refresh")
     with gr.Row():
         with gr.Column():
             upload = gr.File(label="Upload a prompt set (.safetensors)", file_types=[".safetensors"])
             upload_note = gr.Markdown(label="Upload status")
         with gr.Column():
             pick = gr.Dropdown(listed.choices, value=listed.first_key, label="Download a prompt set")
-            fetch = gr.Button("Prepare download")
-            download = gr.File(label="Prompt set file")
+            fetch, download = gr.Button("Prepare download"), gr.File(label="Prompt set file")
     return table, listing, refresh, upload, upload_note, pick, fetch, download
 
 
@@ -334,21 +244,21 @@ def build_app(backbone: Backbone | None, *, banner: str | None = None, error: st
         with gr.Tab("Model and prompts"):
             table, listing, refresh, upload, upload_note, pick, fetch, download = _prompts_tab(backbone, listed)
         # training and uploads change the prompt-set lists of two tabs, so they are wired once both exist
-        lists = [sets, table, pick, listing]
-        train.click(h.train, train_inputs, train_outputs, api_name="train", preprocess=False,
-                    concurrency_limit=TRAIN_WATCHERS, concurrency_id="train"
-                    ).then(h.refresh, [sets], lists, api_visibility="private")
+        def then_refresh(event: Any) -> None:
+            event.then(h.refresh, [sets], [sets, table, pick, listing], **PRIVATE)
+
+        then_refresh(train.click(h.train, train_inputs, train_outputs, api_name="train", preprocess=False,
+                                 concurrency_limit=TRAIN_WATCHERS, concurrency_id="train"))
         stop.click(h.cancel, None, train_outputs[0], api_name="cancel_training", queue=False)
-        refresh.click(h.prompt_sets, None, listing, api_name="prompt_sets"
-                      ).then(h.refresh, [sets], lists, api_visibility="private")
-        upload.upload(h.upload_prompt_set, [upload], upload_note, api_name="upload_prompt_set", preprocess=False
-                      ).then(h.refresh, [sets], lists, api_visibility="private")
+        then_refresh(refresh.click(h.prompt_sets, None, listing, api_name="prompt_sets"))
+        then_refresh(upload.upload(h.upload_prompt_set, [upload], upload_note, api_name="upload_prompt_set",
+                                   preprocess=False))
         fetch.click(h.download_prompt_set, [pick], download, api_name="download_prompt_set", preprocess=False)
-        demo.load(h.refresh, [sets], lists, api_visibility="private")
+        demo.load(h.refresh, [sets], [sets, table, pick, listing], **PRIVATE)
     return demo
 
 
-def launch(demo: gr.Blocks, *, host: str, port: int, share: bool = False, **kwargs) -> Any:
+def launch(demo: gr.Blocks, *, host: str, port: int, share: bool = False, **kwargs: Any) -> Any:
     """Starts the queue and the server with the app's limits."""
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=2)
     return demo.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD,

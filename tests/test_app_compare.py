@@ -204,7 +204,7 @@ def test_export_copies_the_file_and_refuses_without_a_key(catalog):
         catalog.export(None, files)
     with pytest.raises(KeyError, match="bundled/none"):
         catalog.export("bundled/none", files)
-    assert len(list(files.root.iterdir())) == 1  # refusals leave nothing behind
+    assert sorted(p.name for p in files.root.iterdir()) == [".owner", copy.parent.name]  # refusals leave nothing
 
 
 def test_install_note_names_the_key_method_and_classes(catalog):
@@ -229,3 +229,42 @@ def test_user_errors_are_shown_in_their_words_and_faults_are_not():
     assert support.user_message(RuntimeError("CUDA out of memory")) is None
     assert support.user_message(ZeroDivisionError("division by zero")) is None
     assert support.user_message(OSError("disk full")) is None
+
+
+def test_guarded_raises_the_uis_error_for_functions_and_generators(caplog):
+    import inspect
+
+    class UIError(Exception):
+        pass
+
+    def guard(fn):
+        return support.guarded(fn, UIError, keep=(UIError,))
+
+    def refuse(n):
+        raise ValueError(f"{n} shots for /srv/data/dog")
+
+    def crash():
+        raise RuntimeError("index out of range")
+
+    def stream():
+        yield "first"
+        raise KeyError("no prompt set 'x'")
+
+    def own():
+        raise UIError("said as it is")
+
+    with pytest.raises(UIError, match=r"^0 shots for dog$") as refused:
+        guard(refuse)(0)
+    assert isinstance(refused.value.__cause__, ValueError) and "refuse refused" in caplog.text
+    with pytest.raises(UIError) as crashed:
+        guard(crash)()
+    assert str(crashed.value) == support.INTERNAL_ERROR
+    assert "crash failed" in caplog.text and "index out of range" in caplog.text  # the log has the details
+    assert inspect.isgeneratorfunction(guard(stream)) and guard(stream).__name__ == "stream"
+    shown = guard(stream)()
+    assert next(shown) == "first"
+    with pytest.raises(UIError, match=r"^no prompt set 'x'$"):
+        next(shown)
+    with pytest.raises(UIError, match="^said as it is$") as kept:
+        guard(own)()
+    assert kept.value.__cause__ is None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import shutil
@@ -13,6 +12,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+from dapt_core.app_support.errors import DISK_FULL_ERRNOS
 from dapt_core.app_support.startup import (
     BUNDLED_PROMPT_DIR, LEARNER_CACHE_SIZE, USER_PROMPT_DIR, USER_PROMPT_MAX_BYTES, USER_PROMPT_MAX_SETS, TempFiles,
 )
@@ -197,9 +197,11 @@ class PromptCatalog:
             n += 1
         return candidate
 
-    def install(self, upload: Path, filename: str) -> CatalogEntry:
+    def install(self, upload: Path, filename: str, staging: Path | None = None) -> CatalogEntry:
         """Checks an uploaded prompt set against the backbone and copies it into the user folder atomically,
-        never over an existing file (a taken name gets a ``-N`` suffix).
+        never over an existing file (a taken name gets a ``-N`` suffix). ``staging``: where the copy under
+        check is kept meanwhile (an app's :class:`TempFiles` root, removed with it if the app is killed), by
+        default the system's temporary directory.
 
         Raises:
             UploadError: not a ``.safetensors`` file, unreadable, another backbone, tensors that do not fit.
@@ -207,7 +209,8 @@ class PromptCatalog:
         if Path(filename).suffix.lower() != ".safetensors":
             raise UploadError(f"{filename}: prompt sets are .safetensors files")
         self.check_room(Path(upload).stat().st_size)  # before the copy and the checks
-        staged = Path(tempfile.mkdtemp(prefix="dapt-upload-")) / f"{slugify(Path(filename).stem)}.safetensors"
+        staged = Path(tempfile.mkdtemp(prefix="dapt-upload-", dir=staging))
+        staged /= f"{slugify(Path(filename).stem)}.safetensors"
         try:
             shutil.copyfile(upload, staged)
             try:
@@ -222,7 +225,7 @@ class PromptCatalog:
                     shutil.copyfile(staged, tmp)
                     os.link(tmp, target)  # fails rather than replace a file that appeared meanwhile
                 except OSError as err:
-                    if err.errno != errno.ENOSPC:
+                    if err.errno not in DISK_FULL_ERRNOS:
                         raise
                     raise UploadError(f"{filename} was not added: the server's disk is full") from err
                 finally:

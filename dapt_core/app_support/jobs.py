@@ -12,6 +12,7 @@ from typing import Callable
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from dapt_core.app_support.errors import DISK_FULL, QueueFullError, disk_full
 from dapt_core.viz.figure import FIGURE_DPI
 from dapt_core.train import TrainingCancelled
 
@@ -20,10 +21,6 @@ log = logging.getLogger(__name__)
 FINISHED = ("done", "failed", "cancelled")  # states a job never leaves
 LOSS_TERMS = ("total", "ce", "triplet", "foreground", "background")  # keys of dapt_losses, drawn in this order
 LOSS_FIGURE_SIZE_IN = (5.0, 2.6)
-
-
-class QueueFullError(RuntimeError):
-    """Too many training jobs are waiting already."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +89,8 @@ class TrainingQueue:
 
     ``runner(job)`` does the work: it reads ``job.request``, reports through ``job.add_step`` / ``job.update``,
     checks ``job.cancel`` and returns the result. Anything it raises marks the job failed; ``ValueError`` and
-    ``TrainingCancelled`` carry messages meant for the user, other errors are logged with their traceback.
+    ``TrainingCancelled`` carry messages meant for the user, a full disk is said as such (:data:`DISK_FULL`),
+    other errors are logged with their traceback.
     """
 
     def __init__(self, runner: Callable[[TrainJob], object], max_waiting: int = 8) -> None:
@@ -164,6 +162,10 @@ class TrainingQueue:
             log.warning("training job %s refused: %s", job.id, err)
             job.update(state="failed", error=str(err), message=f"Training failed: {err}")
         except Exception as err:  # the worker must survive any failure of one job
+            if disk_full(err):  # the save is atomic: the user folder holds no part of this job's set
+                log.error("training job %s failed, the disk is full: %s", job.id, err)
+                job.update(state="failed", error=DISK_FULL, message=f"Training failed: {DISK_FULL}")
+                return
             log.exception("training job %s failed", job.id)
             job.update(state="failed", error=f"{type(err).__name__}: {err}",
                        message="Training failed with an internal error; the details are in the server log.")

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from dapt_core import paths
+from dapt_core.app_support.leftovers import OWNER_FILE, TEMP_PREFIX, hold_owner_lock, release
 from dapt_core.backbones import Backbone, BackboneError, get_backbone_spec, load_backbone
 from dapt_core.constants import MASK_THRESHOLD
 from dapt_core.learners.base import clean_classnames
@@ -157,12 +158,23 @@ def parse_classnames(text: str | None) -> list[str] | None:
 
 
 class TempFiles:
-    """A private temporary folder for files handed to visitors, pruned of files older than ``max_age_s``."""
+    """A private temporary folder for files handed to visitors, pruned of files older than ``max_age_s``.
 
-    def __init__(self, prefix: str = "dapt-app-", max_age_s: float = TEMP_MAX_AGE_S) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix=prefix))
+    It is removed when the object goes or the process exits; its ``.owner`` file is locked while the process
+    runs, so that the next app removes the folder of a process that was killed (see :mod:`leftovers`).
+    ``parent``: the system's temporary directory by default.
+    """
+
+    def __init__(self, prefix: str = TEMP_PREFIX, max_age_s: float = TEMP_MAX_AGE_S,
+                 parent: Path | None = None) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
         self.max_age_s = max_age_s
-        weakref.finalize(self, shutil.rmtree, self.root, ignore_errors=True)  # also runs when the process exits
+        try:
+            lock = hold_owner_lock(self.root)
+        except OSError:
+            shutil.rmtree(self.root, ignore_errors=True)
+            raise
+        weakref.finalize(self, _remove_temp_root, self.root, lock)  # also runs when the process exits
 
     def new_dir(self) -> Path:
         self.prune()
@@ -171,9 +183,15 @@ class TempFiles:
     def prune(self) -> None:
         cutoff = time.time() - self.max_age_s
         for child in self.root.iterdir():
+            if child.name == OWNER_FILE:
+                continue
             try:
                 if child.stat().st_mtime < cutoff:
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
             except OSError:
                 log.debug("could not prune %s", child, exc_info=True)
 
+
+def _remove_temp_root(root: Path, lock: int | None) -> None:
+    release(lock)
+    shutil.rmtree(root, ignore_errors=True)

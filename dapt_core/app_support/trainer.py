@@ -12,6 +12,7 @@ from typing import Callable, Iterator, NamedTuple
 import numpy as np
 
 from dapt_core.app_support.catalog import PromptCatalog
+from dapt_core.app_support.errors import disk_full
 from dapt_core.app_support.jobs import JobView, TrainingQueue, TrainJob, loss_figure
 from dapt_core.app_support.startup import TempFiles
 from dapt_core.app_support.training import TrainRequest, TrainResult, run_training
@@ -23,6 +24,8 @@ from dapt_core.viz.figure import figure_to_array
 
 FORM_SOURCES = ("synthetic", "zip", "images")  # where the form's labelled images come from
 WAITING_TEXT = "Starting…"  # shown while a job at the head of the line is about to run
+NO_DOWNLOAD_COPY = (" No copy to download could be made (the server's disk is full); the set itself is saved "
+                    "and listed.")
 
 
 class TrainProgress(NamedTuple):
@@ -192,9 +195,17 @@ class TrainingService:
         if view.state != "done":
             return TrainProgress(text, plot, None, None)
         result: TrainResult = view.result
-        download = self.files.new_dir() / result.path.name
-        shutil.copyfile(result.path, download)
         metrics = {**result.metrics, "evaluation": result.note, "key": result.key}
+        download = None
+        try:
+            download = self.files.new_dir() / result.path.name
+            shutil.copyfile(result.path, download)
+        except OSError as err:  # the set is saved: saying that nothing was saved would be wrong
+            if not disk_full(err):
+                raise
+            if download is not None:
+                download.unlink(missing_ok=True)
+            return TrainProgress(text + NO_DOWNLOAD_COPY, plot, metrics, None)
         return TrainProgress(text, plot, metrics, str(download))
 
     def cancel(self, owner: str) -> str:

@@ -78,6 +78,15 @@ class TrainResult:
     history: list[dict]  # one record per epoch (see train_prompts)
 
 
+def requested_epochs(value: object) -> int:
+    """The epochs a form's value asks for, within 1..:data:`MAX_EPOCHS`; 1 for a value that the form refuses
+    anyway (text, NaN): what a budget set before the form is checked (ZeroGPU's seconds) counts on."""
+    try:
+        return min(max(int(float(value)), 1), MAX_EPOCHS)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return 1
+
+
 def dapt_config(cue: str, epochs: int) -> DaptConfig:
     """DAPT settings for a run of ``epochs``: the official two-phase schedule compressed to the run's length
     (each phase at least one epoch), or both phases at once when there is a single epoch."""
