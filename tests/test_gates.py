@@ -167,6 +167,25 @@ def test_gates_command_round_trip_on_a_tiny_model(tmp_path, capsys):
     assert suite["bg_gap"] == saved["suite"]["bg_gap"] == saved["gates"][0]["measured"]
     assert suite["command"].startswith("python -m dapt_core bench bias --backbone tiny-vit --world synth --seed 1")
 
+    # the verdict goes into a model card between its markers, everything else kept
+    card = tmp_path / "card.md"
+    card.write_text("# card\n\n## Gates\n\nwritten before\n<!-- gates verdict: start -->\nold\n"
+                    "<!-- gates verdict: end -->\nafter\n")
+    result = tmp_path / "bias_suite_gates_tiny-vit_seed1.json"
+    assert main(["bench", "gates-card", "--result", str(result), "--card", str(card)]) == 0
+    text = card.read_text()
+    assert text.startswith("# card\n\n## Gates\n\nwritten before\n") and text.endswith("<!-- gates verdict: end -->\nafter\n")
+    assert "\nold\n" not in text and "Not the registered settings: no verdict" in text
+    assert f"| bg_gap | {saved['gates'][0]['measured']:.2f} |" in text
+    assert "](bias_suite_tiny-vit_seed1.png)" in text and "Copied from `bias_suite_gates_tiny-vit_seed1.json`" in text
+    capsys.readouterr()
+    bare = tmp_path / "bare.md"
+    bare.write_text("# no markers\n")
+    assert main(["bench", "gates-card", "--result", str(result), "--card", str(bare)]) == 2
+    assert bare.read_text() == "# no markers\n"
+    assert main(["bench", "gates-card", "--result", str(bare), "--card", str(card)]) == 2
+    assert "not a result written by `bench gates`" in capsys.readouterr().err
+
 
 def test_run_gates_refuses_a_suite_of_another_run(tiny_backbone):
     from dapt_core.experiments.bias_gates import run_gates

@@ -67,6 +67,14 @@ def add_bias_parser(bsub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=SETTINGS.epochs, help="training epochs; default: %(default)s")
     p.set_defaults(func=run_bench_gates)
 
+    p = bsub.add_parser("gates-card", help="copy a gates verdict into a model card",
+                        description="Replace the lines between the card's gates-verdict markers with the verdict, "
+                                    "the bias suite and the headroom numbers of one `bench gates` result.")
+    p.add_argument("--result", required=True, help="the JSON `bench gates` wrote")
+    p.add_argument("--card", default=str(paths.CHECKPOINT_DIR / "synth-web.md"),
+                   help="model card; default: checkpoints/synth-web.md")
+    p.set_defaults(func=run_gates_card)
+
 
 def _world(args: argparse.Namespace) -> str:
     if args.world != "auto":
@@ -156,4 +164,31 @@ def run_bench_gates(args: argparse.Namespace) -> int:
                 "seed": args.seed, "registered": result["registered"], "passed": result["passed"],
                 "gates": {row["gate"]: {"measured": row["measured"], "passed": row["passed"]}
                           for row in result["gates"]}})
+    return 0
+
+
+def run_gates_card(args: argparse.Namespace) -> int:
+    import json
+    import os
+    from pathlib import Path
+
+    from dapt_core.experiments.background_shift_report import replace_marked
+    from dapt_core.experiments.bias_report import CARD_MARKERS, card_block
+    from dapt_core.fileio import write_bytes_atomic
+
+    result_path, card = Path(args.result), Path(args.card)
+    try:
+        result = json.loads(result_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{result_path}: not a result written by `bench gates` ({err})") from err
+    keys = ("backbone", "seed", "gates", "suite", "headroom", "passed")
+    missing = [k for k in keys if k not in result] if isinstance(result, dict) else list(keys)
+    if missing:
+        raise ValueError(f"{result_path}: not a result written by `bench gates` (no {', '.join(missing)})")
+    figure = result_path.parent / f"bias_suite_{result['backbone']}_seed{result['seed']}.png"
+    relative = {p: Path(os.path.relpath(p.resolve(), card.resolve().parent)).as_posix() for p in (result_path, figure)}
+    block = card_block(result, relative[result_path], relative[figure] if figure.exists() else None)
+    text = replace_marked(card.read_text(encoding="utf-8"), block, CARD_MARKERS)
+    write_bytes_atomic(card, text.encode("utf-8"))
+    print_json({"card": str(card), "result": str(result_path), "passed": result["passed"]})
     return 0

@@ -23,6 +23,8 @@ SHOWN = {  # variant -> what the model is shown, for the table
     "mixed_rand": "the object on a fresh background of another class's home set (never its own)",
 }
 EXAMPLES = 3  # scenes shown in the figure
+VERDICT = {True: "pass", False: "FAIL", None: "not measured"}
+CARD_MARKERS = ("<!-- gates verdict: start -->", "<!-- gates verdict: end -->")
 
 
 def suite_markdown(result: dict, figure_name: str | None, command: str | None) -> str:
@@ -83,21 +85,47 @@ def suite_figure(result: dict, scenes: SuiteScenes | None = None, mean=None, std
     return fig
 
 
+def gate_table(result: dict) -> list[str]:
+    """The gates' Markdown table: measured value, threshold and verdict per gate."""
+    lines = ["| gate | measured | threshold | verdict |", "|---|---|---|---|"]
+    for row in result["gates"]:
+        value = row["measured"]
+        shown = (f"[{value[0]:.4f}, {value[1]:.4f}]" if isinstance(value, list)
+                 else "-" if value is None else f"{value:.2f}")
+        lines.append(f"| {row['gate']} | {shown} | {row['threshold']} | {VERDICT[row['passed']]} |")
+    return lines
+
+
+def card_block(result: dict, result_path: str, figure_path: str | None) -> str:
+    """The model card's verdict block, from a ``bench gates`` result (paths relative to the card)."""
+    suite, head = result["suite"], result["headroom"]
+    split = result["thresholds"]["headroom_split"]
+    lines = [f"### Measured verdict: seed {result['seed']}", "",
+             f"Copied from `{result_path}` by `python -m dapt_core bench gates-card`; the run: "
+             f"`{result.get('command') or 'python -m dapt_core bench gates'}` ({result['seconds']:.0f} s). "
+             + ("Registered settings." if result["registered"] else "**Not the registered settings: no verdict.**")
+             + f" Overall: **{VERDICT[result['passed']]}**.", "", *gate_table(result), "",
+             "| variant | " + " | ".join(VARIANTS) + " | BG-Gap | chance |", "|---" * (len(VARIANTS) + 3) + "|",
+             "| zero-shot accuracy (%) | " + " | ".join(f"{suite[v]:.2f}" for v in VARIANTS)
+             + f" | {suite['bg_gap']:.2f} [{suite['bg_gap_ci'][0]:.2f}, {suite['bg_gap_ci'][1]:.2f}] | "
+             f"{suite['chance']:.2f} |", "",
+             f"Downstream task on `{split}`: zero-shot {head[f'zero_shot_{split}']:.2f}%, CoOp "
+             f"{head[f'coop_{split}']:.2f}%; on `test_conflicting`: zero-shot {head['zero_shot_test_conflicting']:.2f}%"
+             f", CoOp {head['coop_test_conflicting']:.2f}%; on `test_aligned`: zero-shot "
+             f"{head['zero_shot_test_aligned']:.2f}%, CoOp {head['coop_test_aligned']:.2f}%.", ""]
+    if figure_path:
+        lines += [f"![bias suite of {result['backbone']}, seed {result['seed']}]({figure_path})", ""]
+    return "\n".join(lines)
+
+
 def gates_markdown(result: dict, command: str | None) -> str:
     """The gates' report: one row per gate with its verdict, then the measurements behind them."""
-    verdict = {True: "pass", False: "FAIL", None: "not measured"}
     suite, head, att = result["suite"], result["headroom"], result["attention"]
     lines = [f"# Gates of `{result['backbone']}` ({result['pretrained']}), seed {result['seed']}", "",
              f"World `{result['world']}`, {result['n_classes']} classes. Thresholds and settings: "
              "`dapt_core/experiments/gate_thresholds.py`"
              + ("" if result["registered"] else " (**this run used other settings than the registered ones**)")
-             + f". Overall: **{verdict[result['passed']]}**.", "",
-             "| gate | measured | threshold | verdict |", "|---|---|---|---|"]
-    for row in result["gates"]:
-        value = row["measured"]
-        shown = (f"[{value[0]:.4f}, {value[1]:.4f}]" if isinstance(value, list)
-                 else "-" if value is None else f"{value:.2f}")
-        lines.append(f"| {row['gate']} | {shown} | {row['threshold']} | {verdict[row['passed']]} |")
+             + f". Overall: **{VERDICT[result['passed']]}**.", "", *gate_table(result)]
     lines += ["", f"Bias suite ({suite['per_class']} scenes per class): " + ", ".join(
         f"{v} {suite[v]:.2f}%" for v in VARIANTS) + f"; chance {suite['chance']:.2f}%.", "",
         f"Downstream task: {result['task']}. Zero-shot (CoOp initialised from \"a photo of a\", untrained) and "
