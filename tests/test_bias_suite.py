@@ -72,7 +72,8 @@ def test_only_bg_is_the_background_without_the_object(fake_scenes):
     assert np.array_equal(fake_scenes.only_bg[outside], fake_scenes.images[outside])
     inside = fake_scenes.only_bg[fake_scenes.masks]
     assert not np.any(inside[:, 0] == 250)  # no object pixel is left under the mask
-    assert torch.equal(variant_input(fake_scenes, "only_bg", MEAN, STD), normalize_pixels(fake_scenes.only_bg, MEAN, STD))
+    expected = normalize_pixels(fake_scenes.only_bg, MEAN, STD)
+    assert torch.equal(variant_input(fake_scenes, "only_bg", MEAN, STD), expected)
 
 
 def test_mixed_variants_keep_the_object_and_draw_backgrounds_by_the_rules(fake_scenes):
@@ -133,7 +134,8 @@ def test_wilson_interval_against_the_textbook_value():
 
 def test_paired_interval_leaves_out_nans_and_needs_two():
     mean, low, high = paired_interval(np.array([0.1, 0.3, np.nan]))
-    assert mean == pytest.approx(0.2) and high - mean == pytest.approx(1.959964 * np.std([0.1, 0.3], ddof=1) / np.sqrt(2))
+    assert mean == pytest.approx(0.2)
+    assert high - mean == pytest.approx(1.959964 * np.std([0.1, 0.3], ddof=1) / np.sqrt(2))
     with pytest.raises(ValueError, match="two"):
         paired_interval(np.array([0.5, np.nan]))
 

@@ -162,7 +162,8 @@ def test_gates_command_round_trip_on_a_tiny_model(tmp_path, capsys):
     assert [r["passed"] for r in saved["gates"]] == [line["gates"][g]["passed"] for g in line["gates"]]
     assert saved["headroom"]["zero_shot_test_balanced"] == saved["gates"][2]["measured"]
     assert "bg_gap" in out.splitlines()[0]
-    assert "other settings than the registered" in (tmp_path / "bias_suite_gates_tiny-vit_seed1.md").read_text()
+    report = (tmp_path / "bias_suite_gates_tiny-vit_seed1.md").read_text()
+    assert "other settings than the registered" in report and "](bias_suite_tiny-vit_seed1.png)" in report
     suite = json.loads((tmp_path / "bias_suite_tiny-vit_seed1.json").read_text())  # the suite's own report too
     assert suite["bg_gap"] == saved["suite"]["bg_gap"] == saved["gates"][0]["measured"]
     assert suite["command"].startswith("python -m dapt_core bench bias --backbone tiny-vit --world synth --seed 1")
@@ -174,7 +175,8 @@ def test_gates_command_round_trip_on_a_tiny_model(tmp_path, capsys):
     result = tmp_path / "bias_suite_gates_tiny-vit_seed1.json"
     assert main(["bench", "gates-card", "--result", str(result), "--card", str(card)]) == 0
     text = card.read_text()
-    assert text.startswith("# card\n\n## Gates\n\nwritten before\n") and text.endswith("<!-- gates verdict: end -->\nafter\n")
+    assert text.startswith("# card\n\n## Gates\n\nwritten before\n")
+    assert text.endswith("<!-- gates verdict: end -->\nafter\n")
     assert "\nold\n" not in text and "Not the registered settings: no verdict" in text
     assert f"| bg_gap | {saved['gates'][0]['measured']:.2f} |" in text
     assert "](bias_suite_tiny-vit_seed1.png)" in text and "Copied from `bias_suite_gates_tiny-vit_seed1.json`" in text

@@ -110,8 +110,8 @@ def _setup(args: argparse.Namespace):
     return load_backbone(args)
 
 
-def _suite(args: argparse.Namespace, backbone) -> dict:
-    """Runs the bias suite (zero-shot, or ``--prompts``) and writes its report; returns the result."""
+def _suite(args: argparse.Namespace, backbone) -> tuple[dict, str]:
+    """Runs the bias suite (zero-shot, or ``--prompts``) and writes its report; returns the result and file stem."""
     from pathlib import Path
 
     from dapt_core.checkpoint import load_prompt_set
@@ -131,11 +131,11 @@ def _suite(args: argparse.Namespace, backbone) -> dict:
         stem = args.name if args.bench_command == "bias" else f"{args.name}_suite"
     written = write_suite(result, args.out, stem, _command(args, "bias"), scenes, backbone.mean, backbone.std)
     log.info("wrote %s", ", ".join(written.values()))
-    return result
+    return result, stem
 
 
 def run_bench_bias(args: argparse.Namespace) -> int:
-    print_json(_suite(args, _setup(args)))
+    print_json(_suite(args, _setup(args))[0])
     return 0
 
 
@@ -152,10 +152,11 @@ def run_bench_gates(args: argparse.Namespace) -> int:
                        epochs=args.epochs)
     world = _world(args)
     backbone = _setup(args)
-    suite = _suite(args, backbone)  # the suite's own report as `bench bias` writes it, from the same scenes
+    suite, suite_stem = _suite(args, backbone)  # the suite's own report as `bench bias` writes it, from the same scenes
     result = run_gates(backbone, world, args.seed, settings=settings, n_classes=args.n_classes, suite=suite)
     stem = args.name or f"bias_suite_gates_{backbone.name}_seed{args.seed}"
-    written = write_gates(result, args.out, stem, _command(args, "gates", ("shots", "n_test", "epochs")))
+    written = write_gates(result, args.out, stem, _command(args, "gates", ("shots", "n_test", "epochs")),
+                          suite_stem)
     log.info("wrote %s", ", ".join(written.values()))
     verdict = {True: "pass", False: "FAIL", None: "not measured"}
     for row in result["gates"]:

@@ -118,7 +118,7 @@ def card_block(result: dict, result_path: str, figure_path: str | None) -> str:
     return "\n".join(lines)
 
 
-def gates_markdown(result: dict, command: str | None) -> str:
+def gates_markdown(result: dict, command: str | None, suite_stem: str | None = None) -> str:
     """The gates' report: one row per gate with its verdict, then the measurements behind them."""
     suite, head, att = result["suite"], result["headroom"], result["attention"]
     lines = [f"# Gates of `{result['backbone']}` ({result['pretrained']}), seed {result['seed']}", "",
@@ -145,6 +145,9 @@ def gates_markdown(result: dict, command: str | None) -> str:
               f"{hi:.4f}]). Run time {result['seconds']:.0f} s.", ""]
     if command:
         lines += [f"Command: `{command}`", ""]
+    if suite_stem:
+        lines += [f"The bias suite's own report: [`{suite_stem}.md`]({suite_stem}.md).", "",
+                  f"![bias suite]({suite_stem}.png)", ""]
     return "\n".join(lines)
 
 
@@ -162,11 +165,12 @@ def write_suite(result: dict, out_dir: str | Path, stem: str, command: str | Non
     return {k: str(v) for k, v in written.items()}
 
 
-def write_gates(result: dict, out_dir: str | Path, stem: str, command: str | None) -> dict[str, str]:
-    """Writes ``<stem>.json`` and ``<stem>.md``; returns their paths by kind."""
+def write_gates(result: dict, out_dir: str | Path, stem: str, command: str | None,
+                suite_stem: str | None = None) -> dict[str, str]:
+    """Writes ``<stem>.json`` and ``<stem>.md`` (linking the suite's report ``suite_stem`` in the same folder)."""
     from dapt_core.fileio import write_bytes_atomic
 
     out = Path(out_dir)
     record = {**result, "command": command}
     return {"json": str(write_bytes_atomic(out / f"{stem}.json", (json.dumps(record, indent=1) + "\n").encode())),
-            "md": str(write_bytes_atomic(out / f"{stem}.md", gates_markdown(result, command).encode()))}
+            "md": str(write_bytes_atomic(out / f"{stem}.md", gates_markdown(result, command, suite_stem).encode()))}
