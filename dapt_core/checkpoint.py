@@ -50,10 +50,15 @@ class PromptSetInfo:
 
     @property
     def label(self) -> str:
-        """Short human description, e.g. ``"CoOp + DAPT (mask)"``."""
+        """Short human description, e.g. ``"CoOp + DAPT (mask)"``, ``"MaPLe + DAPT (gradcam)"``, or
+        ``"CoOp + DAPT (legrad cue)"`` for a coarse cue from another attribution map than Grad-CAM."""
         learner = {"coop": "CoOp", "maple": "MaPLe"}.get(self.meta["learner"], self.meta["learner"])
         dapt = self.meta.get("dapt") or {}
-        return f"{learner} + DAPT ({dapt['cue']})" if dapt.get("cue", "off") != "off" else learner
+        if dapt.get("cue", "off") == "off":
+            return learner
+        cam_method = dapt.get("cam_method", "gradcam")
+        cue = f"{cam_method} cue" if dapt["cue"] == "gradcam" and cam_method != "gradcam" else dapt["cue"]
+        return f"{learner} + DAPT ({cue})"
 
     @property
     def dapt_config(self) -> DaptConfig | None:

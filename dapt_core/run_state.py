@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 
 STATE_FORMAT = "dapt-train-state"
 STATE_VERSION = 2  # 1: no fingerprint, no best-epoch snapshot
+# fingerprint fields added after a state file's version could be written, with the value every earlier run had:
+# a state file that lacks one belongs to a run with that value
+ADDED_FIELDS = {"dapt.cam_method": "gradcam"}
 # TrainConfig fields that change how fast a run goes, not what it computes
 NON_IDENTITY_FIELDS = ("eval_batch_size", "num_workers")
 MAX_SHOWN_CHARS = 60  # longest value a mismatch message quotes in full
@@ -124,7 +127,7 @@ def load_state(path: str | Path, fingerprint: dict[str, Any], device: torch.devi
     if not isinstance(raw, dict) or raw.get("format") != STATE_FORMAT or "fingerprint" not in raw:
         raise RunMismatchError(f"training state {path} was written by an older version or another tool and "
                                f"does not say which run it belongs to; {hint}")
-    stored = json.loads(raw["fingerprint"])
+    stored = {**ADDED_FIELDS, **json.loads(raw["fingerprint"])}
     diffs = fingerprint_differences(stored, fingerprint)
     if diffs:
         raise RunMismatchError(f"training state {path} belongs to another run; it differs in "

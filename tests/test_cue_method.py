@@ -241,3 +241,39 @@ def test_a_cell_finished_before_the_cue_method_was_recorded_still_counts(tmp_pat
     other = expand(parse_config({**GRID, "dapt": {"cam_method": "legrad"}}), tmp_path)[1]
     with pytest.raises(GridConfigError, match=r"dapt\.cam_method: 'gradcam' there, 'legrad' now"):
         plan([other])
+
+
+# --- names and resumption: a cue from another map is named, and a run from before the field resumes ----------
+
+@pytest.mark.parametrize("dapt,label", [
+    (DaptConfig(cue="gradcam"), "CoOp + DAPT (gradcam)"),
+    (DaptConfig(cue="gradcam", cam_method="legrad"), "CoOp + DAPT (legrad cue)"),
+    (DaptConfig(cue="mask", cam_method="legrad"), "CoOp + DAPT (mask)"),  # the fine cue reads no map
+    (None, "CoOp"),
+])
+def test_a_prompt_set_label_names_a_cue_taken_from_another_map(tiny_backbone, tmp_path, dapt, label):
+    learner = build_learner("coop", tiny_backbone, CLASSES, n_ctx=2)
+    assert read_info(save_prompt_set(learner, tmp_path / "p.safetensors", dapt=dapt)).label == label
+
+
+def test_a_training_state_written_before_the_cue_method_resumes_only_as_gradcam(tmp_path):
+    from dapt_core.run_state import RunMismatchError, TrainState, load_state, save_state
+
+    current = {"learner": "coop", "dapt.cue": "gradcam", "dapt.cam_method": "gradcam"}
+    path = tmp_path / "run.state.pt"
+    save_state(path, TrainState({"learner": "coop", "dapt.cue": "gradcam"}, {"ctx": torch.zeros(2, 4)}, {}, 0, [],
+                                torch.get_rng_state()))
+    assert load_state(path, current, torch.device("cpu")).epoch == 0
+    with pytest.raises(RunMismatchError, match=r'dapt\.cam_method: "gradcam" -> "legrad"'):
+        load_state(path, {**current, "dapt.cam_method": "legrad"}, torch.device("cpu"))
+
+
+def test_grid_tables_name_a_cue_from_another_map_and_keep_the_paper_row_for_grad_cam_only():
+    from dapt_core.grid.methods import get_method, method_of
+
+    assert method_of("maple+dapt-g", {}) == get_method("maple+dapt-g")
+    assert method_of("maple+dapt-g", {"cam_method": "gradcam"}).published == "DAPT-G"
+    other = method_of("maple+dapt-g", {"cam_method": "legrad"})
+    assert (other.title, other.published, other.cue) == ("MaPLe + DAPT-G (legrad cue)", None, "gradcam")
+    assert method_of("maple+dapt-s", {"cam_method": "legrad"}) == get_method("maple+dapt-s")
+    assert method_of("maple", {"cam_method": "legrad"}).title == "MaPLe"

@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from dapt_core.grid.config import GridConfig
-from dapt_core.grid.methods import get_method
+from dapt_core.grid.methods import method_of
 from dapt_core.grid.published import BASE_TO_NOVEL_AVERAGE, CAVEAT, PUBLISHED_DATASETS, SOURCE
 
 AVERAGE = "Average"
@@ -109,9 +109,8 @@ def few_shot_tables(cfg: GridConfig, groups: dict, datasets: list[str]) -> list[
     for shots in cfg.shots:
         table = Table(f"{shots}-shot accuracy (%)", _titles(datasets))
         for method in cfg.methods:
-            table.rows.append(Row(get_method(method).title, _stats(groups, datasets, (method, shots, None, None),
-                                                                   "accuracy"),
-                                  {"method": method, "shots": shots}))
+            cells = _stats(groups, datasets, (method, shots, None, None), "accuracy")
+            table.rows.append(Row(method_of(method, cfg.dapt).title, cells, {"method": method, "shots": shots}))
         tables.append(table)
     return tables
 
@@ -136,9 +135,9 @@ def base_to_novel_tables(cfg: GridConfig, groups: dict, datasets: list[str]) -> 
         for method in cfg.methods:
             for k in cfg.shots:
                 base, novel = (_stats(groups, datasets, (method, k, None, None), m)[index] for m in ("base", "novel"))
-                label = get_method(method).title + ("" if shots is not None else f" ({k}-shot)")
+                label = method_of(method, cfg.dapt).title + ("" if shots is not None else f" ({k}-shot)")
                 table.rows.append(_b2n_row(label, base, novel, {"method": method, "shots": k}))
-            published = get_method(method).published
+            published = method_of(method, cfg.dapt).published
             if name == AVERAGE and published in BASE_TO_NOVEL_AVERAGE and published not in shown:
                 table.rows.append(_published_row(published))  # the paper's figure right under ours
                 shown.add(published)
@@ -158,8 +157,8 @@ def data_efficient_tables(cfg: GridConfig, groups: dict, datasets: list[str]) ->
     tables = []
     for method in cfg.methods:
         for shots in cfg.shots:
-            table = Table(f"{get_method(method).title}, {shots}-shot, selected share of the draw: accuracy (%)",
-                          _titles(datasets))
+            title = method_of(method, cfg.dapt).title
+            table = Table(f"{title}, {shots}-shot, selected share of the draw: accuracy (%)", _titles(datasets))
             for selection in cfg.selection_methods:
                 for fraction in cfg.fractions:
                     rest = (method, shots, selection, float(fraction))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -30,3 +30,14 @@ def get_method(name: str) -> Method:
     if name not in METHODS:
         raise ValueError(f"unknown grid method {name!r}; choose from {', '.join(METHODS)}")
     return METHODS[name]
+
+
+def method_of(name: str, dapt: dict | None = None) -> Method:
+    """The method of a name as a grid with ``dapt`` settings runs it: a coarse cue from another attribution map
+    than Grad-CAM (``dapt: {cam_method: legrad}``) is named in the title and is no longer the paper's DAPT-G,
+    so it gets no published row of its own."""
+    method = get_method(name)
+    cam_method = (dapt or {}).get("cam_method", "gradcam")
+    if method.cue != "gradcam" or cam_method == "gradcam":
+        return method
+    return replace(method, title=f"{method.title} ({cam_method} cue)", published=None)

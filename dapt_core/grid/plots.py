@@ -12,7 +12,7 @@ from pathlib import Path
 from dapt_core.fileio import atomic_path
 from dapt_core.grid.aggregate import AVERAGE, Table
 from dapt_core.grid.config import GridConfig
-from dapt_core.grid.methods import get_method
+from dapt_core.grid.methods import method_of
 
 PANELS_PER_ROW = 4
 PANEL_INCHES = 3.2
@@ -55,7 +55,7 @@ def plot_few_shot(cfg: GridConfig, tables: list[Table], path: Path) -> Path:
     shots = [float(s) for s in cfg.shots]
     for col, ax in enumerate(axes):
         for m, method in enumerate(cfg.methods):
-            _line(ax, shots, [t.rows[m].cells[col] for t in tables], get_method(method).title)
+            _line(ax, shots, [t.rows[m].cells[col] for t in tables], method_of(method, cfg.dapt).title)
         ax.set_xscale("log", base=2)
         ax.set_xticks(shots, [f"{s:g}" for s in shots])
         ax.set_title(columns[col], fontweight="bold" if columns[col] == AVERAGE else None)
