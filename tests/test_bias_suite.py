@@ -204,3 +204,12 @@ def test_run_suite_on_a_tiny_model_is_json_and_uses_the_learner(tiny_backbone):
     assert tuned["classifier"] == "prompt learner (coop)"
     with pytest.raises(ValueError, match="classes differ"):
         run_suite(tiny_backbone, world, 2, 0, learner=build_learner("coop", tiny_backbone, ["x", "y", "z"]))
+
+
+def test_only_bg_ceiling_counts_the_classes_sharing_each_background():
+    from dapt_core.experiments.bias_suite import only_bg_ceiling
+
+    # HOME: u is a's alone, v is shared by a and b, w is b's, x is c's
+    assert only_bg_ceiling(FAKE, ["u", "v", "w", "x"]) == pytest.approx(100.0 * (1 + 0.5 + 1 + 1) / 4)
+    assert only_bg_ceiling(FAKE, ["v", "v"]) == pytest.approx(50.0)
+    assert only_bg_ceiling(synth_world(1, n_classes=3), ["grass", "sky"]) == 100.0

@@ -41,7 +41,9 @@ def suite_markdown(result: dict, figure_name: str | None, command: str | None) -
     low, high = result["bg_gap_ci"]
     lines += ["", f"**BG-Gap** (Mixed-Same - Mixed-Rand): **{result['bg_gap']:.2f} points** (paired 95% interval "
               f"[{low:.2f}, {high:.2f}]). **Only-BG**: {result['only_bg']:.2f}% = "
-              f"**{result['only_bg_over_chance']:.2f} x chance**.", ""]
+              f"**{result['only_bg_over_chance']:.2f} x chance** (a reader of the background class alone could reach "
+              f"{result['only_bg_ceiling']:.2f}% here: a background that is home to k classes names the right one "
+              "1/k of the time).", ""]
     if command:
         lines += [f"Command: `{command}`", ""]
     if figure_name:

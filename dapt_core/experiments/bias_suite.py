@@ -268,4 +268,15 @@ def run_suite(backbone, world: SuiteWorld, per_class: int, seed: int, *, learner
                    for v in VARIANTS}
     return {"backbone": backbone.name, "pretrained": backbone.pretrained, "classifier": classifier,
             "world": world.name, "same_rule": world.same_rule, "seed": seed, "per_class": per_class,
-            **summarise(correct, len(world.classnames))}
+            **summarise(correct, len(world.classnames)),
+            "only_bg_ceiling": round(only_bg_ceiling(world, scenes.backgrounds["original"]), DIGITS)}
+
+
+def only_bg_ceiling(world: SuiteWorld, backgrounds: Sequence[str]) -> float:
+    """The best Only-BG accuracy (percent) a reader of the background class alone can expect on these scenes.
+
+    A background that is home to k classes names the right one of them at best 1/k of the time (the classes'
+    scenes are equally many), so the ceiling is the mean of 1/k over the scenes' backgrounds.
+    """
+    sharing = {b: sum(b in world.home[c] for c in world.classnames) for b in world.backgrounds}
+    return 100.0 * float(np.mean([1.0 / sharing[b] for b in backgrounds]))
