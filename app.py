@@ -24,7 +24,7 @@ import gradio as gr  # noqa: E402
 
 from dapt_core import app_support as support  # noqa: E402
 from dapt_core.app_support import zerogpu  # noqa: E402
-from dapt_core.attention.descriptions import best_measured_method, method_choices  # noqa: E402
+from dapt_core.attention.descriptions import DEFAULT_METHOD, best_measured_method, method_choices  # noqa: E402
 from dapt_core.backbones import Backbone  # noqa: E402
 from dapt_core.learners import list_learners  # noqa: E402
 from dapt_core.objective import CUES  # noqa: E402
@@ -89,11 +89,11 @@ class Handlers(support.AppServices):
                                    lambda done, total: progress(done / total, desc=f"mask {done}/{total}"))
 
     def train(self, source: str, zip_file: Any, learner: str, cue: str, shots: float, epochs: float, name: str,
-              seed: float, folder: str | None, request: gr.Request,
-              mask_segmenter: str | None = None) -> Iterator[support.TrainProgress]:
+              seed: float, folder: str | None, request: gr.Request, mask_segmenter: str | None = None,
+              cue_method: str | None = None) -> Iterator[support.TrainProgress]:
         """Queues a training job and streams its place in line, progress, losses and the saved prompt set."""
         yield from self.train_from_form(request, source, zip_file, learner, cue, shots, epochs, name, seed, folder,
-                                        mask_segmenter)
+                                        mask_segmenter, cue_method)
 
     def cancel(self, request: gr.Request) -> str:
         """Cancels this visitor's training job(s), waiting or running."""
@@ -177,6 +177,8 @@ def _tuning_tab(h: Handlers) -> tuple[gr.Button, gr.Button, list, list]:
             cue = gr.Radio(list(CUES), value="gradcam", label="DAPT cue",
                            info="off: plain learner; mask: the synthetic task's exact masks, or for your "
                                 "images the masks made below")
+            cue_method = gr.Dropdown(method_choices(), value=DEFAULT_METHOD, label="Attribution method of the cue",
+                                     info="the map that makes the gradcam cue's coarse masks (official: gradcam)")
             with gr.Accordion("Masks of your images (mask cue)", visible=False) as mask_box:
                 mask_segmenter = gr.Radio(h.user_masks.choices(), value=next(iter(h.user_masks.choices()), None),
                                           label="Segmenter", info="SAM where its weights are here, else GrabCut; "
@@ -202,7 +204,7 @@ def _tuning_tab(h: Handlers) -> tuple[gr.Button, gr.Button, list, list]:
         trigger(lambda s, c: gr.update(visible=s != "synthetic" and c == "mask"), [source, cue], mask_box, **QUIET)
     make.click(h.make_masks, [source, zip_file, folder, mask_segmenter], [mask_gallery, mask_note],
                api_name="make_masks", preprocess=False)
-    inputs = [source, zip_file, learner, cue, shots, epochs, name, seed, folder, mask_segmenter]
+    inputs = [source, zip_file, learner, cue, shots, epochs, name, seed, folder, mask_segmenter, cue_method]
     return train, stop, inputs, [status, losses, metrics, trained]
 
 

@@ -110,6 +110,18 @@ def test_training_result_joins_the_catalogue(client, served):
     assert gallery[1]["caption"].startswith("trained-in-test:")
 
 
+def test_the_gradcam_cue_trains_on_the_chosen_attribution_method(client, served):
+    from dapt_core.checkpoint import read_info
+
+    status, *_ = client.predict("synthetic", None, "coop", "gradcam", 1, 1, "eigen cue", 1, cue_method="eigencam",
+                                api_name="/train")
+    assert "user/eigen-cue" in status
+    dapt = read_info(served["user"] / "eigen-cue.safetensors").meta["dapt"]
+    assert (dapt["cue"], dapt["cam_method"]) == ("gradcam", "eigencam")
+    client.predict("synthetic", None, "coop", "gradcam", 1, 1, "default cue", 1, api_name="/train")
+    assert read_info(served["user"] / "default-cue.safetensors").meta["dapt"]["cam_method"] == "gradcam"
+
+
 def test_cancel_without_a_job_is_harmless(client):
     assert "No training job" in client.predict(api_name="/cancel_training")
 

@@ -298,6 +298,12 @@ def test_dapt_schedule_fits_short_runs():
     assert support.dapt_config("gradcam", 2).switch_epoch == 1
     assert support.dapt_config("mask", 10).switch_epoch == DaptConfig().switch_epoch
     assert not support.dapt_config("off", 3).enabled
+    # the gradcam cue's masks come from the chosen method; the other cues use none, so they keep the default
+    assert support.dapt_config("gradcam", 1).cam_method == "gradcam"
+    assert [support.dapt_config("gradcam", n, "eigencam").cam_method for n in (1, 4)] == ["eigencam"] * 2
+    assert support.dapt_config("mask", 4, "eigencam").cam_method == "gradcam"
+    with pytest.raises(ValueError, match=r"unknown DAPT cue method 'gradcam\+'"):
+        support.dapt_config("gradcam", 4, "gradcam+")
 
 
 def test_loss_figure_draws_only_terms_that_moved():

@@ -37,6 +37,13 @@ def test_the_form_becomes_a_checked_request(tmp_path):
         _form(tmp_path, source="images", cue="off")
     with pytest.raises(ValueError, match="shots must be between"):
         _form(tmp_path, shots=0)
+    assert _form(tmp_path).cam_method == "gradcam"  # the official cue when the form names none
+    req = support.request_from_form("synthetic", None, "coop", "gradcam", 1, 1, "", 1, None, tmp_path / "w",
+                                    cue_method="layercam")
+    assert req.cam_method == "layercam"
+    with pytest.raises(ValueError, match="unknown DAPT cue method 'nope'"):  # refused before it is queued
+        support.request_from_form("synthetic", None, "coop", "gradcam", 1, 1, "", 1, None, tmp_path / "w",
+                                  cue_method="nope")
 
 
 def test_a_zip_is_unpacked_into_the_jobs_folder(tmp_path):

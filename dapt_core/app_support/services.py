@@ -96,12 +96,12 @@ class AppServices:
 
     def train_from_form(self, request: Any, source: str, zip_file: Any, learner: str, cue: str, shots: float,
                         epochs: float, name: str, seed: float, folder: str | None,
-                        mask_segmenter: str | None = None) -> Iterator[TrainProgress]:
+                        mask_segmenter: str | None = None, cue_method: str | None = None) -> Iterator[TrainProgress]:
         """Queues the visitor's training job and yields its place in line, progress, losses and the saved set.
         A full user folder is said before the training, not after it."""
         self.catalog.check_room()
         job = self.trainer.submit(session_owner(request), source, upload_path(zip_file), learner, cue, shots,
-                                  epochs, name, seed, _folder(folder), mask_segmenter)
+                                  epochs, name, seed, _folder(folder), mask_segmenter, cue_method)
         yield from self.trainer.watch(job)
 
     def cancel_training(self, request: Any) -> str:

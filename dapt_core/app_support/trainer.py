@@ -18,6 +18,7 @@ from dapt_core.app_support.startup import TempFiles
 from dapt_core.app_support.training import TrainRequest, TrainResult, run_training
 from dapt_core.app_support.uploads import add_labelled_images, extract_labelled_zip, folder_summary
 from dapt_core.app_support.user_masks import UserMasks
+from dapt_core.attention.descriptions import DEFAULT_METHOD
 from dapt_core.backbones import Backbone
 from dapt_core.train import StepReport
 from dapt_core.viz.figure import figure_to_array
@@ -39,7 +40,8 @@ class TrainProgress(NamedTuple):
 
 def request_from_form(source: str, archive: Path | None, learner: str, cue: str, shots: float, epochs: float,
                       name: str | None, seed: float, folder: Path | None, workdir: Path,
-                      reviewed_masks: Callable[[Path, Path], Path] | None = None) -> TrainRequest:
+                      reviewed_masks: Callable[[Path, Path], Path] | None = None,
+                      cue_method: str | None = None) -> TrainRequest:
     """A checked :class:`TrainRequest` from the tab's fields; a zip is extracted into ``workdir/images``.
 
     Args:
@@ -49,6 +51,8 @@ def request_from_form(source: str, archive: Path | None, learner: str, cue: str,
         name: the new prompt set's name; empty: ``<learner>-<cue>-<shots>shot``.
         reviewed_masks: for the mask cue on a zip or folder, ``(image root, mask root) -> mask root`` writing
             the masks the visitor reviewed (:meth:`UserMasks.reviewed`).
+        cue_method: the attribution method whose maps make the gradcam cue's masks; None: Grad-CAM, the
+            official one (the other cues use none).
 
     Raises:
         ValueError: a missing zip, an unknown source, or a request that cannot run (:meth:`TrainRequest.validate`).
@@ -68,7 +72,8 @@ def request_from_form(source: str, archive: Path | None, learner: str, cue: str,
         masks = reviewed_masks(data, workdir / "masks")
     req = TrainRequest(source="synthetic" if source == "synthetic" else "folder", learner=learner, cue=cue,
                        shots=shots, epochs=epochs, folder=data, seed=seed,
-                       name=(name or "").strip() or f"{learner}-{cue}-{shots}shot", masks=masks)
+                       name=(name or "").strip() or f"{learner}-{cue}-{shots}shot", masks=masks,
+                       cam_method=cue_method or DEFAULT_METHOD)
     req.validate()
     return req
 
@@ -144,9 +149,10 @@ class TrainingService:
 
     def submit(self, owner: str, source: str, archive: Path | None, learner: str, cue: str, shots: float,
                epochs: float, name: str | None, seed: float, folder: Path | None,
-               mask_segmenter: str | None = None) -> TrainJob:
+               mask_segmenter: str | None = None, cue_method: str | None = None) -> TrainJob:
         """Checks the form (see :func:`request_from_form`) and puts the job in line for ``owner``; the mask
-        cue on a zip or folder trains on the masks ``mask_segmenter`` made and the visitor reviewed.
+        cue on a zip or folder trains on the masks ``mask_segmenter`` made and the visitor reviewed, the
+        gradcam cue on ``cue_method``'s maps.
 
         Raises:
             ValueError: the form cannot be trained on. QueueFullError: too many jobs wait already.
@@ -157,7 +163,7 @@ class TrainingService:
             def reviewed(images: Path, mask_root: Path) -> Path:
                 return self.masks.reviewed(images, mask_root, mask_segmenter)
         req = request_from_form(source, archive, learner, cue, shots, epochs, name, seed, folder, workdir,
-                                reviewed)
+                                reviewed, cue_method)
         return self.queue.submit(owner, (req, workdir))
 
     def watch(self, job: TrainJob) -> Iterator[TrainProgress]:

@@ -12,6 +12,7 @@ from typing import Callable
 
 from dapt_core.app_support.catalog import PromptCatalog
 from dapt_core.app_support.uploads import UploadError, check_image_folder
+from dapt_core.attention.descriptions import DEFAULT_METHOD
 from dapt_core.backbones import Backbone
 from dapt_core.checkpoint import save_prompt_set
 from dapt_core.data.folders import few_shot, load_imagefolder
@@ -45,6 +46,7 @@ class TrainRequest:
     synth_test_per_class: int = 3  # synthetic scenes per class in each test split
     train: dict = field(default_factory=dict)  # further TrainConfig fields (e.g. batch_size)
     masks: Path | None = None  # for the mask cue on a folder: its mask tree (see app_support.user_masks)
+    cam_method: str = DEFAULT_METHOD  # the gradcam cue's attribution map (official: gradcam); other cues: unused
 
     def validate(self) -> None:
         """Raises ValueError with a message for the user when the request cannot run."""
@@ -62,6 +64,7 @@ class TrainRequest:
         if not 1 <= int(self.epochs) <= MAX_EPOCHS:
             raise ValueError(f"epochs must be between 1 and {MAX_EPOCHS}, got {self.epochs}")
         TrainConfig(epochs=int(self.epochs), seed=self.seed, **self.train)  # checks batch size, lr, ... itself
+        dapt_config(self.cue, int(self.epochs), self.cam_method)  # and the cue's method
         if self.source == "folder":
             if self.folder is None:
                 raise UploadError("no labelled images: upload a zip of class folders or add images per class")
@@ -87,12 +90,18 @@ def requested_epochs(value: object) -> int:
         return 1
 
 
-def dapt_config(cue: str, epochs: int) -> DaptConfig:
+def dapt_config(cue: str, epochs: int, cam_method: str = DEFAULT_METHOD) -> DaptConfig:
     """DAPT settings for a run of ``epochs``: the official two-phase schedule compressed to the run's length
-    (each phase at least one epoch), or both phases at once when there is a single epoch."""
+    (each phase at least one epoch), or both phases at once when there is a single epoch. ``cam_method`` makes
+    the gradcam cue's coarse masks; the other cues use none, so theirs is the default.
+
+    Raises:
+        ValueError: an unknown cue or method.
+    """
+    method = cam_method if cue == "gradcam" else DEFAULT_METHOD
     if epochs < 2:
-        return DaptConfig(cue=cue, schedule="joint")
-    return DaptConfig(cue=cue, switch_epoch=scaled_switch_epoch(epochs))
+        return DaptConfig(cue=cue, schedule="joint", cam_method=method)
+    return DaptConfig(cue=cue, switch_epoch=scaled_switch_epoch(epochs), cam_method=method)
 
 
 def _synthetic_data(req: TrainRequest, workdir: Path):
@@ -153,9 +162,9 @@ def run_training(req: TrainRequest, backbone: Backbone, catalog: PromptCatalog, 
     seed_everything(req.seed)  # the prompts' initial values too: the same request trains the same prompt set
     learner = build_learner(req.learner, backbone, classnames)
     cfg = TrainConfig(epochs=int(req.epochs), seed=req.seed, **req.train)
-    dapt = dapt_config(req.cue, cfg.epochs)
-    status(f"Training {learner.kind} on {len(train)} images of {len(classnames)} classes "
-           f"(DAPT cue: {req.cue})…")
+    dapt = dapt_config(req.cue, cfg.epochs, req.cam_method)
+    cue = req.cue if dapt.cam_method == DEFAULT_METHOD else f"{req.cue} from {dapt.cam_method} maps"
+    status(f"Training {learner.kind} on {len(train)} images of {len(classnames)} classes (DAPT cue: {cue})…")
     history = train_prompts(learner, train, cfg, dapt, masks=masks, on_step=on_step, cancel=cancel,
                             progress=False)
     metrics = {}
