@@ -189,6 +189,19 @@ def test_gates_command_round_trip_on_a_tiny_model(tmp_path, capsys):
     assert "not a result written by `bench gates`" in capsys.readouterr().err
 
 
+def test_a_run_on_some_classes_is_not_registered(tiny_backbone, monkeypatch):
+    from dapt_core.experiments import bias_gates
+
+    monkeypatch.setattr(bias_gates, "measure_headroom", lambda *a, **k: _measured()["headroom"])
+    monkeypatch.setattr(bias_gates, "measure_attention", lambda *a, **k: {"difference_ci": [0.1, 0.2]})
+    suite = {"backbone": "tiny-vit", "world": "synth", "seed": 1, "per_class": SETTINGS.suite_per_class,
+             "classifier": "zero-shot, ...", "bg_gap": 20.0, "only_bg": 40.0, "only_bg_over_chance": 4.0}
+    some = bias_gates.run_gates(tiny_backbone, "synth", 1, n_classes=3, suite=suite)
+    assert some["registered"] is False and some["passed"] is True
+    every = bias_gates.run_gates(tiny_backbone, "synth", 1, suite=suite)
+    assert every["registered"] is True and every["weights"] is None and every["weights_sha256"] is None
+
+
 def test_run_gates_refuses_a_suite_of_another_run(tiny_backbone):
     from dapt_core.experiments.bias_gates import run_gates
 

@@ -243,6 +243,17 @@ def run_gates(backbone, world: str, seed: int, *, settings: GateSettings = SETTI
     measured["attention"] = measure_attention(backbone, suite_world, task, seed, settings)
     log.info("attention: %s", measured["attention"])
     rows = verdicts(measured, thresholds)
-    return {"backbone": backbone.name, "pretrained": backbone.pretrained, "world": world, "seed": seed,
-            "n_classes": len(suite_world.classnames), "task": task.description, **settings_dict(settings, thresholds),
-            **measured, "gates": rows, "passed": overall(rows), "seconds": round(time.perf_counter() - started, 1)}
+    facts = settings_dict(settings, thresholds)
+    facts["registered"] = facts["registered"] and n_classes is None  # a verdict covers every class of the world
+    return {"backbone": backbone.name, "pretrained": backbone.pretrained, **_weights(backbone), "world": world,
+            "seed": seed, "n_classes": len(suite_world.classnames), "task": task.description, **facts, **measured,
+            "gates": rows, "passed": overall(rows), "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _weights(backbone) -> dict:
+    """The weight file the run measured and its sha256 (None for random weights)."""
+    import hashlib
+
+    path = backbone.weights_path
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest() if path else None
+    return {"weights": str(path) if path else None, "weights_sha256": digest}

@@ -104,7 +104,8 @@ def card_block(result: dict, result_path: str, figure_path: str | None) -> str:
     split = result["thresholds"]["headroom_split"]
     lines = [f"### Measured verdict: seed {result['seed']}", "",
              f"Copied from `{result_path}` by `python -m dapt_core bench gates-card`; the run: "
-             f"`{result.get('command') or 'python -m dapt_core bench gates'}` ({result['seconds']:.0f} s). "
+             f"`{result.get('command') or 'python -m dapt_core bench gates'}` ({result['seconds']:.0f} s, weights "
+             f"sha256 `{(result.get('weights_sha256') or 'none')[:16]}...`). "
              + ("Registered settings." if result["registered"] else "**Not the registered settings: no verdict.**")
              + f" Overall: **{VERDICT[result['passed']]}**.", "", *gate_table(result), "",
              "| variant | " + " | ".join(VARIANTS) + " | BG-Gap | chance |", "|---" * (len(VARIANTS) + 3) + "|",
@@ -124,7 +125,8 @@ def gates_markdown(result: dict, command: str | None, suite_stem: str | None = N
     """The gates' report: one row per gate with its verdict, then the measurements behind them."""
     suite, head, att = result["suite"], result["headroom"], result["attention"]
     lines = [f"# Gates of `{result['backbone']}` ({result['pretrained']}), seed {result['seed']}", "",
-             f"World `{result['world']}`, {result['n_classes']} classes. Thresholds and settings: "
+             f"World `{result['world']}`, {result['n_classes']} classes; weights `{result.get('weights')}` (sha256 "
+             f"`{result.get('weights_sha256')}`). Thresholds and settings: "
              "`dapt_core/experiments/gate_thresholds.py`"
              + ("" if result["registered"] else " (**this run used other settings than the registered ones**)")
              + f". Overall: **{VERDICT[result['passed']]}**.", "", *gate_table(result)]
