@@ -150,6 +150,23 @@ def test_pretrain_web_saves_fp16_weights_with_the_new_tag_and_probes(tmp_path):
     assert again["first_loss"] == pytest.approx(summary["first_loss"], rel=1e-5)  # one seed, one stream
 
 
+def test_init_from_starts_at_the_given_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "start.safetensors"
+    web_pretrain.pretrain_web(replace(TINY, steps=1, eval_every=0), out)
+    start = load_file(str(out))
+    frozen = web_pretrain.pretrain_web(replace(TINY, steps=1, eval_every=0, lr=0.0, init_from=str(out)))
+    state = frozen["model"].state_dict()
+    assert set(state) == set(start)
+    for key, value in start.items():
+        torch.testing.assert_close(state[key], value.to(state[key].dtype), rtol=0, atol=0)
+    fresh = web_pretrain.pretrain_web(replace(TINY, steps=1, eval_every=0, lr=0.0, seed=1))["model"].state_dict()
+    assert not torch.equal(fresh["visual.conv1.weight"], state["visual.conv1.weight"])
+    with pytest.raises(RuntimeError, match="size mismatch|Missing key|Unexpected key"):
+        web_pretrain.pretrain_web(replace(TINY, steps=1, eval_every=0, init_from=str(out), model_name="synth-web"))
+
+
 def test_command_line_refuses_a_bad_path_before_training(capsys):
     with pytest.raises(ValueError, match="safetensors"):
         web_pretrain.main(["--model-name", "tiny-vit", "--steps", "1", "--out", "weights.pt"])

@@ -67,6 +67,7 @@ class WebPretrainConfig(PretrainConfig):
     p_home: float = 0.85  # WebWorldConfig.p_home of the corpus
     p_background_caption: float = 0.1  # WebWorldConfig.p_background_caption of the corpus
     eval_n: int = 240  # probe scenes per probe set (home / other / only-background)
+    init_from: str = ""  # a .safetensors of the same architecture to start from ("" = random init)
 
 
 # Named recipes; each backbone's defaults reproduce its bundled checkpoint's recipe.

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from dapt_core import paths
@@ -87,6 +88,9 @@ def pretrain_web(cfg: WebPretrainConfig = WebPretrainConfig(), out: str | Path |
     _check_config(cfg, out)
     torch.set_num_threads(cfg.threads)
     model, tokenizer, size, mean, std = build_model(cfg)
+    if cfg.init_from:
+        # every tensor of the architecture must be in the file (strict), cast to the model's fp32
+        model.load_state_dict(load_file(cfg.init_from), strict=True)
     model.train()
     world = replace(world_config(cfg), size=size)
     head = nn.Linear(model.visual.output_dim, len(WEB_OBJECT_CLASSES))  # thrown away after training
