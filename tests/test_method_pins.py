@@ -176,6 +176,13 @@ def test_maple_equals_the_official_forward_in_both_towers(deep_backbone, depth):
     with torch.no_grad():
         text, _ = official_text_features(learner, ("sky",))
         torch.testing.assert_close(learner.text_features(), F.normalize(text, dim=-1), rtol=1e-5, atol=1e-6)
+        # a text block that hooks watch (attention capture) makes the prompts run one by one, without the
+        # shared prefix: the deep prompts must land at positions 1..n_ctx there too
+        handle = deep_backbone.model.transformer.resblocks[0].register_forward_hook(lambda *args: None)
+        try:
+            torch.testing.assert_close(learner.text_features(), F.normalize(text, dim=-1), rtol=1e-5, atol=1e-6)
+        finally:
+            handle.remove()
         image = official_image_features(learner, images)
         torch.testing.assert_close(learner.encode_image(images), F.normalize(image, dim=-1), rtol=1e-5, atol=1e-6)
         # each deep layer's prompts act on both towers, so a prompt left out or put elsewhere shows
