@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -271,7 +272,7 @@ def run(args: argparse.Namespace) -> dict:
             stop.set()
             sampler.join()
         finally:
-            proc.terminate()
+            proc.send_signal(signal.SIGINT)  # as Ctrl-C: the app exits through its clean-up
             try:
                 proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
