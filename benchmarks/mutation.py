@@ -1,6 +1,6 @@
 """Mutation testing of the DAPT method's core with mutmut 3: which small bugs in the method would the tests catch?
 
-Usage: python benchmarks/mutation.py [--rev HEAD] [--label after] [--limit-s 1800] [--json FILE]
+Usage: python benchmarks/mutation.py [--rev HEAD] [--label after] [--limit-s 1800] [--json FILE] [--resume]
        python benchmarks/mutation.py --planted [--rev HEAD] [--only NAME ...]
        python benchmarks/mutation.py --compare BEFORE.json AFTER.json   (Markdown tables of two reports)
        python benchmarks/mutation.py --planted-table PLANTED.json       (Markdown table of a --planted run)
@@ -223,12 +223,14 @@ def mutmut_version() -> str:
         return "not installed"
 
 
-def run_mutmut(work: Path, limit_s: int) -> tuple[int, bool, str]:
-    """Runs mutmut on :data:`FUNCTIONS`; returns (seconds, whether it finished in time, the end of its log)."""
+def run_mutmut(work: Path, limit_s: int, names: list[str] | None = None) -> tuple[int, bool, str]:
+    """Runs mutmut on :data:`FUNCTIONS` (or on the named mutants only: mutmut reruns every mutant a pattern
+    names, so resuming passes the unchecked ones by name); returns (seconds, whether it finished in time,
+    the end of its log)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     started = time.perf_counter()
     try:
-        run = subprocess.run(["mutmut", "run", "--max-children", "1", *FUNCTIONS], cwd=work, env=env,
+        run = subprocess.run(["mutmut", "run", "--max-children", "1", *(names or FUNCTIONS)], cwd=work, env=env,
                              capture_output=True, text=True, timeout=limit_s)
         finished, log_tail = run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     except subprocess.TimeoutExpired as err:
@@ -325,6 +327,7 @@ def main() -> int:
     parser.add_argument("--limit-s", type=int, default=1800, help="wall-clock bound of the mutmut run")
     parser.add_argument("--json", type=Path, help="where to write the report (default WORK/report.json)")
     parser.add_argument("--report-only", action="store_true", help="only read the verdicts of an earlier run")
+    parser.add_argument("--resume", action="store_true", help="run the mutants an earlier run left unchecked")
     parser.add_argument("--planted", action="store_true", help="run the hand-planted bugs instead of mutmut")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="--planted: only the bugs whose name has NAME")
     parser.add_argument("--planted-table", type=Path, metavar="FILE", help="Markdown table of a --planted report")
@@ -345,10 +348,14 @@ def main() -> int:
     tests_commit = resolve(args.tests_rev) if args.tests_rev else commit
     out = args.json or work / "report.json"
     seconds, finished, log_tail = None, True, ""
-    if args.report_only and out.exists():  # keep the run's own duration
+    if (args.report_only or args.resume) and out.exists():  # keep the run's own duration
         earlier = json.loads(out.read_text(encoding="utf-8"))
         seconds, finished = earlier.get("seconds"), earlier.get("finished", True)
-    if not args.report_only:
+    if args.resume:  # the mutants an earlier run stopped before (--limit-s), in its work folder
+        unchecked = [name for name, (status, _) in verdicts(work).items() if status == "not checked"]
+        more, finished, log_tail = run_mutmut(work, args.limit_s, unchecked) if unchecked else (0, True, "")
+        seconds = (seconds or 0) + more
+    elif not args.report_only:
         export_tree(commit, work, tests_commit)
         write_config(work, [t for t in TESTS if (work / t).exists()])
         seconds, finished, log_tail = run_mutmut(work, args.limit_s)
