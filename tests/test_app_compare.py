@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -216,6 +217,12 @@ def test_backbone_description_is_a_markdown_list(tiny_backbone):
     lines = support.describe_backbone(tiny_backbone).splitlines()
     assert lines[0] == "- **backbone**: tiny-vit"
     assert len(lines) == len(tiny_backbone.describe()) and "- **device**: cpu" in lines
+
+
+def test_backbone_description_names_the_weights_file_without_its_server_path(tiny_backbone, monkeypatch):
+    weights = Path("/srv/private/checkpoints/synth-mini.safetensors")
+    monkeypatch.setattr(type(tiny_backbone), "describe", lambda self: {"backbone": "b", "weights": str(weights)})
+    assert support.describe_backbone(tiny_backbone) == "- **backbone**: b\n- **weights**: synth-mini.safetensors"
 
 
 # --- what visitors are told ---------------------------------------------------------------------------------

@@ -92,8 +92,12 @@ def choose_backbone(forced: str | None = None, *, device: str | None = None, dow
 
 
 def describe_backbone(backbone: Backbone) -> str:
-    """A markdown list of what the backbone says about itself (name, weights, device, ...)."""
-    return "\n".join(f"- **{k}**: {v}" for k, v in backbone.describe().items())
+    """A markdown list of what the backbone says about itself (name, weights, device, ...), for visitors: the
+    weights file by its name, not by its path on the server."""
+    facts = backbone.describe()
+    if facts.get("weights"):
+        facts["weights"] = Path(facts["weights"]).name
+    return "\n".join(f"- **{k}**: {v}" for k, v in facts.items())
 
 
 @dataclass(frozen=True)
