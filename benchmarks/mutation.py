@@ -27,7 +27,8 @@ What it does:
    as survivors) per file and in all, and the diff of every surviving mutant.
 
 ``--planted`` runs instead the hand-planted bugs of ``benchmarks/mutation.planted.json`` (the wiring bugs that
-issue 11 names, each with the tests that must catch it): each is applied alone to the export, its tests run
+issue 11 names, each with the tests that must catch it): their tests must pass on the export first; then each
+is applied alone to the export, its tests run
 (pytest ``-x``), the file is restored; a bug whose line is no longer in the code is reported as not applied
 (and the run fails: the list must follow the code).
 
@@ -243,8 +244,13 @@ def run_planted(work: Path, only: list[str] | None = None) -> list[dict]:
     its tests, restores the file; one record per bug."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     records = []
-    bugs = json.loads(PLANTED.read_text(encoding="utf-8"))
-    for bug in [b for b in bugs if not only or any(o in b["bug"] for o in only)]:
+    bugs = [b for b in json.loads(PLANTED.read_text(encoding="utf-8")) if not only or any(o in b["bug"] for o in only)]
+    files = sorted({t for b in bugs for t in b["tests"]})
+    clean = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files], cwd=work, env=env,
+                           capture_output=True, text=True)
+    if clean.returncode != 0:  # a test that fails without a bug would count every bug as caught
+        sys.exit(f"the tests fail on the unmodified code: {clean.stdout[-1500:]}")
+    for bug in bugs:
         path = work / bug["file"]
         original = path.read_text(encoding="utf-8")
         record = {"bug": bug["bug"], "file": bug["file"]}
