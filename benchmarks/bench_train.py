@@ -7,8 +7,9 @@ the same batch, measured in the same run; DAPT's cost over its base method as a 
 Random weights of the chosen architecture are enough for timing. DAPT runs with the joint schedule, so every
 term is computed. The measurements are interleaved (one round times every configuration once), so a change of
 machine load hits all of them alike; each figure is the median over the rounds, with the fastest round and the
-median CPU time of the process beside it (on a shared CPU these two move least with the load). On a GPU the steps run under
-bf16 autocast and the benchmark also prints images per second and the peak GPU memory of each configuration.
+median CPU time of the process beside it (on a shared CPU these two move least with the load). On a GPU the
+steps run under bf16 autocast and the benchmark also prints images per second and the peak GPU memory of each
+configuration.
 ``--paths`` picks the exact fast paths, the plain reference paths (``learner.fast_paths = False`` and
 ``dapt_losses(..., fast=False)``: full-length text, every view with autograd, background prompts tokenised every
 step; the code before issue 13 did the same work), or both, interleaved in one run (the default), so that each
