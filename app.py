@@ -47,12 +47,6 @@ TRAIN_WATCHERS = 8  # visitors whose training progress streams at once (one job 
 PROGRESS_INTERVAL_S = 0.5  # how often a training watcher redraws
 QUEUE_MAX_SIZE = 64  # requests waiting in Gradio's queue before new ones are turned away
 GRADIO_CACHE_S = (3600, 6 * 3600)  # Gradio's copies of uploads: checked hourly, deleted after six hours
-# ZeroGPU: seconds of GPU a call asks for (a call is refused when the visitor's quota is below it: ask for what
-# the work needs). Training asks for a fixed part plus a part per epoch.
-COMPARE_GPU_S = 60
-UPLOAD_GPU_S = 20
-MASKS_GPU_S = 60  # masks of a visitor's labelled images (SAM is seconds per image, GrabCut under one)
-TRAIN_GPU_BASE_S, TRAIN_GPU_S_PER_EPOCH = 30, 10
 SOURCES = [("the synthetic shapes task (exact masks)", "synthetic"), ("a zip with one folder per class", "zip"),
            ("images added below, class by class", "images")]
 PRIVATE = {"api_visibility": "private"}  # events of the page itself, not offered through the API
@@ -66,12 +60,6 @@ def _guard(fn: Callable) -> Callable:
                            logger=log)
 
 
-def _train_gpu_seconds(source: str, zip_file: Any, learner: str, cue: str, shots: float, epochs: float,
-                       *rest: Any) -> float:
-    """The GPU seconds a training call asks ZeroGPU for (its arguments are the train handler's)."""
-    return TRAIN_GPU_BASE_S + TRAIN_GPU_S_PER_EPOCH * support.requested_epochs(epochs)
-
-
 class Handlers(support.AppServices):
     """Everything the UI calls; one instance serves every visitor (per-visitor state is in gr.State). The
     library's handlers take and return plain values; the four here need Gradio's progress, request or updates."""
@@ -79,8 +67,7 @@ class Handlers(support.AppServices):
     def __init__(self, backbone: Backbone, catalog: support.PromptCatalog, examples: support.Examples) -> None:
         super().__init__(backbone, catalog, examples, max_waiting=TRAIN_WATCHERS, redraw_s=PROGRESS_INTERVAL_S,
                          limits=support.CompareLimits(MAX_COMPARED_SETS, MAX_ANALYSIS_PIXELS, DISPLAY_SIDE_PX))
-        for name, seconds in GPU_SECONDS.items():  # on ZeroGPU a GPU is attached only inside these calls
-            setattr(self, name, zerogpu.gpu(seconds)(getattr(self, name)))
+        zerogpu.attach(self)  # on ZeroGPU a GPU is attached only inside the model's calls
 
     def make_masks(self, source: str, zip_file: Any, folder: str | None, segmenter: str,
                    progress: gr.Progress = gr.Progress()) -> tuple[list, str]:
@@ -111,8 +98,6 @@ GUARDED = ("segmenter_note", "compare", "add_images", "make_masks", "clear_image
            "prompt_sets", "refresh", "upload_prompt_set", "download_prompt_set")
 for _name in GUARDED:
     setattr(Handlers, _name, _guard(getattr(Handlers, _name)))
-GPU_SECONDS = {"compare": COMPARE_GPU_S, "train": _train_gpu_seconds, "upload_prompt_set": UPLOAD_GPU_S,
-               "make_masks": MASKS_GPU_S}
 
 
 # --- the page: one function per tab -----------------------------------------------------------------------

@@ -26,7 +26,8 @@ from dapt_core.learners import build_learner
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = ["circle", "square", "triangle"]
-GPU_HANDLERS = {"compare": app.COMPARE_GPU_S, "upload_prompt_set": app.UPLOAD_GPU_S}
+GPU_HANDLERS = {"compare": zerogpu.COMPARE_GPU_S, "upload_prompt_set": zerogpu.UPLOAD_GPU_S,
+                "make_masks": zerogpu.MASKS_GPU_S}
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "DAPT_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
 STARTUP_TIMEOUT_S = 240.0
 
@@ -148,7 +149,7 @@ def test_the_model_handlers_are_decorated_and_the_others_are_not(tiny_backbone, 
     fns = {f.api_name: f.fn for f in demo.fns.values()}
     for name, seconds in GPU_HANDLERS.items():
         assert fns[name].fake_gpu_duration == seconds, name
-    assert fns["train"].fake_gpu_duration is app._train_gpu_seconds
+    assert fns["train"].fake_gpu_duration is zerogpu.train_gpu_seconds
     assert inspect.isgeneratorfunction(fns["train"])  # Gradio still streams its progress
     assert "request" in inspect.signature(fns["train"]).parameters  # and still hands it the visitor's request
     for name in ("prompt_sets", "download_prompt_set", "cancel_training", "refresh"):
@@ -165,7 +166,7 @@ def test_without_spaces_the_handlers_are_the_plain_methods(tiny_backbone, tmp_pa
 
 @pytest.mark.parametrize("epochs, seconds", [(1, 40), (5, 80), (20.0, 230), (10_000, 30 + 10 * 50), ("x", 40)])
 def test_training_asks_for_gpu_seconds_by_its_epochs(epochs, seconds):
-    assert app._train_gpu_seconds("synthetic", None, "coop", "gradcam", 1, epochs, "", 1, None, None) == seconds
+    assert zerogpu.train_gpu_seconds("synthetic", None, "coop", "gradcam", 1, epochs, "", 1, None, None) == seconds
 
 
 # --- the whole start-up, as the Space runs it --------------------------------------------------------------

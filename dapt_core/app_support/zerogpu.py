@@ -27,6 +27,32 @@ log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable)
 Duration = float | Callable[..., float]  # seconds, or a function of the handler's arguments giving them
 
+# Seconds of GPU each of the app's model handlers asks for (a call is refused when the visitor's quota is below
+# it: ask for what the work needs). Training asks for a fixed part plus a part per epoch.
+COMPARE_GPU_S = 60
+UPLOAD_GPU_S = 20
+MASKS_GPU_S = 60  # masks of a visitor's labelled images (SAM is seconds per image, GrabCut under one)
+TRAIN_GPU_BASE_S, TRAIN_GPU_S_PER_EPOCH = 30, 10
+
+
+def train_gpu_seconds(source: str, zip_file: object, learner: str, cue: str, shots: float, epochs: float,
+                      *rest: object) -> float:
+    """The GPU seconds a training call asks for (its arguments are the app's train handler's)."""
+    from dapt_core.app_support.training import requested_epochs
+
+    return TRAIN_GPU_BASE_S + TRAIN_GPU_S_PER_EPOCH * requested_epochs(epochs)
+
+
+HANDLER_SECONDS: dict[str, Duration] = {"compare": COMPARE_GPU_S, "train": train_gpu_seconds,
+                                        "upload_prompt_set": UPLOAD_GPU_S, "make_masks": MASKS_GPU_S}
+
+
+def attach(handlers: object) -> None:
+    """Decorates the model handlers of ``handlers`` (an instance) with :func:`gpu`: on ZeroGPU a GPU is attached
+    only inside these calls."""
+    for name, seconds in HANDLER_SECONDS.items():
+        setattr(handlers, name, gpu(seconds)(getattr(handlers, name)))
+
 
 def spaces_module() -> ModuleType | None:
     """The ``spaces`` package when it is installed (or already imported), else None."""
