@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -33,7 +33,7 @@ from dapt_core.world.web import WEB_BACKGROUND_PHRASES, WebWorldConfig, scene_sp
 from dapt_core.world.web_shapes import WEB_OBJECT_CLASSES
 
 TINY = replace(WebPretrainConfig(), model_name="tiny-vit", steps=3, batch_size=12, warmup_steps=1, eval_every=2,
-               eval_n=24, threads=1)
+               eval_n=24, threads=1, init_from="")
 
 
 def test_presets_keep_synth_mini_and_make_the_web_recipe_web_like():
@@ -43,7 +43,8 @@ def test_presets_keep_synth_mini_and_make_the_web_recipe_web_like():
             mini.distinct_captions) == ("synth-mini", 3000, 256, 0.1, 1.0, True)
     web = PRESETS["synth-web"]
     assert web.model_name == "synth-web" and web.background_only_share == 0.0 and not web.distinct_captions
-    assert world_config(web) == WebWorldConfig(p_home=0.85, p_background_caption=0.1)
+    assert world_config(web) == WebWorldConfig(p_home=0.7, p_background_caption=0.1)
+    assert web.init_from == "checkpoints/synth-mini.safetensors"
 
 
 def test_web_batch_keeps_each_scenes_caption_and_marks_repeated_captions_true():
@@ -144,7 +145,7 @@ def test_pretrain_web_saves_fp16_weights_with_the_new_tag_and_probes(tmp_path):
         keys = set(f.keys())
         assert {f.get_tensor(k).dtype for k in keys if f.get_tensor(k).is_floating_point()} == {torch.float16}
     assert meta["pretrained_tag"] == "synth-web-v1" and meta["step"] == "3"
-    assert json.loads(meta["config"])["p_home"] == 0.85 and len(json.loads(meta["probes"])) == 2
+    assert json.loads(meta["config"])["p_home"] == 0.7 and len(json.loads(meta["probes"])) == 2
     assert keys == set(summary["model"].state_dict())  # the object head is not saved
     again = web_pretrain.pretrain_web(replace(TINY, steps=1, eval_every=0))
     assert again["first_loss"] == pytest.approx(summary["first_loss"], rel=1e-5)  # one seed, one stream
@@ -185,3 +186,18 @@ def test_registry_entry_and_old_tags_are_refused():
     with pytest.raises(CheckpointError, match="synth-web-v0.*synth-web-v1"):
         check_compatible(older, backbone)
     check_compatible({**older, "pretrained": "synth-web-v1"}, backbone)  # its own tag is accepted
+
+
+BUNDLED = paths.CHECKPOINT_DIR / "synth-web.safetensors"
+
+
+@pytest.mark.skipif(not BUNDLED.is_file(), reason="the bundled synth-web weights are not in checkpoints/")
+def test_the_defaults_are_the_bundled_checkpoints_recipe_and_it_loads_with_its_tag():
+    from dapt_core.backbones import load_backbone
+
+    with safe_open(str(BUNDLED), "pt") as f:
+        meta = f.metadata()
+    assert json.loads(meta["config"]) == json.loads(json.dumps(asdict(WebPretrainConfig())))
+    assert meta["pretrained_tag"] == "synth-web-v1" and meta["step"] == str(WebPretrainConfig().steps)
+    backbone = load_backbone("synth-web", device="cpu", download=False)
+    assert backbone.pretrained == "synth-web-v1" and backbone.image_size == 64

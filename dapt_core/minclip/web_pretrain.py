@@ -89,8 +89,11 @@ def pretrain_web(cfg: WebPretrainConfig = WebPretrainConfig(), out: str | Path |
     torch.set_num_threads(cfg.threads)
     model, tokenizer, size, mean, std = build_model(cfg)
     if cfg.init_from:
+        start_from = Path(cfg.init_from)
+        if not start_from.is_absolute() and not start_from.exists():
+            start_from = paths.PROJECT_DIR / start_from
         # every tensor of the architecture must be in the file (strict), cast to the model's fp32
-        model.load_state_dict(load_file(cfg.init_from), strict=True)
+        model.load_state_dict(load_file(str(start_from)), strict=True)
     model.train()
     world = replace(world_config(cfg), size=size)
     head = nn.Linear(model.visual.output_dim, len(WEB_OBJECT_CLASSES))  # thrown away after training
