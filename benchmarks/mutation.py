@@ -63,6 +63,7 @@ FILES = (
     "dapt_core/train.py",
     "dapt_core/attention/cam.py",
     "dapt_core/checkpoint.py",
+    "dapt_core/preprocess.py",  # the views (objective.decouple calls split_views since 92e0184)
 )
 
 # mutant names (mutmut 3: module.x_function / module.xǁClassǁmethod, then __mutmut_N): the method's wiring,
@@ -70,6 +71,8 @@ FILES = (
 FUNCTIONS = (
     # the objective: views, the three terms, the background prompts, the schedule
     "dapt_core.objective.x_decouple__mutmut_*",
+    "dapt_core.preprocess.x_split_views__mutmut_*",
+    "dapt_core.preprocess.x_hide__mutmut_*",
     "dapt_core.objective.x_foreground_alignment_loss__mutmut_*",
     "dapt_core.objective.x_background_alignment_loss__mutmut_*",
     "dapt_core.objective.x_pull_push_loss__mutmut_*",
