@@ -15,7 +15,7 @@ from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from dapt_core import backbones, constants
+from dapt_core import constants
 from dapt_core import train as train_module
 from dapt_core.attention.cam import CAM_METHODS, compute_cams
 from dapt_core.attention.descriptions import METHOD_DESCRIPTIONS
@@ -134,14 +134,6 @@ def train_args(root: Path, out: Path, *extra: str) -> list[str]:
     return ["train", "--backbone", "tiny-vit", "--device", "cpu", "--learner", "coop", "--n-ctx", "2",
             "--data", f"imagefolder:{root / 'train'}", "--shots", "1", "--epochs", "1", "--selection", "last",
             "--no-eval", "--out", str(out), *extra]
-
-
-@pytest.fixture
-def nothing_loads(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("loaded before the settings were checked")
-    monkeypatch.setattr(train_command, "data_splits", refuse)
-    monkeypatch.setattr(backbones, "load_backbone", refuse)
 
 
 @pytest.mark.parametrize("extra,named", [

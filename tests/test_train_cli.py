@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dapt_core import backbones
 from dapt_core.backgrounds import VOCABULARIES
 from dapt_core.checkpoint import read_info
 from dapt_core.cli import main
@@ -41,15 +40,6 @@ def data(tmp_path_factory):
 def train_args(data, out, *extra):
     return ["train", "--backbone", "tiny-vit", "--device", "cpu", "--learner", "coop", "--n-ctx", "2",
             "--data", f"imagefolder:{data / 'data'}", "--shots", "2", "--epochs", "2", "--out", str(out), *extra]
-
-
-@pytest.fixture
-def nothing_loads(monkeypatch):
-    """Fails the test if the command reads the data set or builds a backbone."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("loaded before the settings were checked")
-    monkeypatch.setattr(train_command, "data_splits", refuse)
-    monkeypatch.setattr(backbones, "load_backbone", refuse)
 
 
 @pytest.mark.parametrize("extra,named", [
