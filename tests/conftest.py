@@ -11,6 +11,31 @@ def tiny_backbone():
     return load_backbone("tiny-vit", device="cpu")
 
 
+@pytest.fixture(scope="session")
+def tiny_variant(tmp_path_factory):
+    """Builds a tiny random CLIP from tiny-vit's config changed by ``edit(cfg)`` (in place), registered with open_clip
+    as ``name``; weights drawn after ``torch.manual_seed(0)``, as for ``tiny_backbone``."""
+    import json
+
+    import open_clip
+
+    from dapt_core import paths
+    from dapt_core.backbones import Backbone, BackboneSpec
+
+    def build(name: str, edit) -> Backbone:
+        cfg = json.loads((paths.MODEL_CONFIG_DIR / "tiny-vit.json").read_text())
+        edit(cfg)
+        path = tmp_path_factory.mktemp("configs") / f"{name}.json"
+        path.write_text(json.dumps(cfg))
+        open_clip.add_model_config(path)
+        torch.manual_seed(0)
+        model = open_clip.create_model(name, device="cpu").eval().requires_grad_(False)
+        spec = BackboneSpec(name, name, None, None, "test backbone", test_only=True)
+        return Backbone(spec, model, open_clip.get_tokenizer(name), cfg["vision_cfg"]["image_size"],
+                        open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
+    return build
+
+
 @pytest.fixture
 def nothing_loads(monkeypatch):
     """Fails the test if the train command reads the data set or builds a backbone."""

@@ -10,15 +10,10 @@ through the image tower one by one; nothing is detached in the background term. 
 background rows all the background prompts.
 """
 
-import json
-
-import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
 
-from dapt_core import paths
-from dapt_core.backbones import Backbone, BackboneSpec
 from dapt_core.learners import build_learner
 from dapt_core.objective import DaptConfig, background_text_features, dapt_losses
 
@@ -27,18 +22,11 @@ DEEP_LAYERS = 3  # towers deep enough for two deep prompt layers (MaPLe depth 3)
 
 
 @pytest.fixture(scope="module")
-def deep_backbone(tmp_path_factory):
+def deep_backbone(tiny_variant):
     """A tiny random CLIP like tiny-vit, with three blocks per tower."""
-    cfg = json.loads((paths.MODEL_CONFIG_DIR / "tiny-vit.json").read_text())
-    cfg["vision_cfg"]["layers"] = cfg["text_cfg"]["layers"] = DEEP_LAYERS
-    path = tmp_path_factory.mktemp("configs") / "tiny-vit-deep.json"
-    path.write_text(json.dumps(cfg))
-    open_clip.add_model_config(path)
-    torch.manual_seed(0)
-    model = open_clip.create_model("tiny-vit-deep", device="cpu").eval().requires_grad_(False)
-    spec = BackboneSpec("tiny-vit-deep", "tiny-vit-deep", None, None, "test backbone", test_only=True)
-    return Backbone(spec, model, open_clip.get_tokenizer("tiny-vit-deep"), cfg["vision_cfg"]["image_size"],
-                    open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
+    def deeper(cfg):
+        cfg["vision_cfg"]["layers"] = cfg["text_cfg"]["layers"] = DEEP_LAYERS
+    return tiny_variant("tiny-vit-deep", deeper)
 
 
 def official_text_features(learner, words):

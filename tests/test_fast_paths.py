@@ -6,16 +6,13 @@ The plain paths: ``learner.fast_paths = False`` (every prompt's 77 positions, pr
 features encoded on every call) and ``dapt_losses(..., fast=False)`` (the three views in one call with autograd).
 """
 
-import json
 from types import SimpleNamespace
 
 import numpy as np
-import open_clip
 import pytest
 import torch
 
-from dapt_core import encoders, paths
-from dapt_core.backbones import Backbone, BackboneSpec
+from dapt_core import encoders
 from dapt_core.encoders import end_positions, shared_prefix_length
 from dapt_core.learners import base as learner_base
 from dapt_core.learners import build_learner
@@ -27,18 +24,11 @@ LEARNERS = [("coop", {}), ("coop", {"ctx_init": "a photo of a"}), ("coop", {"n_c
 
 
 @pytest.fixture(scope="module")
-def deep_backbone(tmp_path_factory):
+def deep_backbone(tiny_variant):
     """A tiny random CLIP like tiny-vit with three blocks per tower (room for two deep MaPLe layers)."""
-    cfg = json.loads((paths.MODEL_CONFIG_DIR / "tiny-vit.json").read_text())
-    cfg["vision_cfg"]["layers"] = cfg["text_cfg"]["layers"] = 3
-    path = tmp_path_factory.mktemp("configs") / "tiny-vit-fast.json"
-    path.write_text(json.dumps(cfg))
-    open_clip.add_model_config(path)
-    torch.manual_seed(0)
-    model = open_clip.create_model("tiny-vit-fast", device="cpu").eval().requires_grad_(False)
-    spec = BackboneSpec("tiny-vit-fast", "tiny-vit-fast", None, None, "test backbone", test_only=True)
-    return Backbone(spec, model, open_clip.get_tokenizer("tiny-vit-fast"), cfg["vision_cfg"]["image_size"],
-                    open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
+    def deeper(cfg):
+        cfg["vision_cfg"]["layers"] = cfg["text_cfg"]["layers"] = 3
+    return tiny_variant("tiny-vit-fast", deeper)
 
 
 def make_learner(backbone, kind, options, seed=0):

@@ -8,18 +8,14 @@ end-of-text token.
 
 import copy
 import dataclasses
-import json
 import threading
 
-import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
 from open_clip.model import convert_weights_to_lp
 from open_clip.transformer import Transformer
 
-from dapt_core import paths
-from dapt_core.backbones import Backbone, BackboneSpec
 from dapt_core.encoders import encode_image_prompted
 from dapt_core.learners import build_learner
 from test_background_official import CLASSES, deep_backbone, maple  # noqa: F401 (deep_backbone: a fixture)
@@ -96,19 +92,11 @@ def test_the_image_tower_without_prompts_or_projection_is_open_clips(deep_backbo
 
 
 @pytest.fixture(scope="module")
-def linear_text_backbone(tmp_path_factory):
+def linear_text_backbone(tiny_variant):
     """A tiny random CLIP whose text projection is an nn.Linear (``proj_bias``) and whose text features are
     read at the end-of-text token by its id (``pool_type: eos``) rather than at the largest token id."""
-    cfg = json.loads((paths.MODEL_CONFIG_DIR / "tiny-vit.json").read_text())
-    cfg["text_cfg"].update(proj_bias=True, pool_type="eos", eos_id=49407)
-    path = tmp_path_factory.mktemp("configs") / "tiny-vit-linear.json"
-    path.write_text(json.dumps(cfg))
-    open_clip.add_model_config(path)
-    torch.manual_seed(0)
-    model = open_clip.create_model("tiny-vit-linear", device="cpu").eval().requires_grad_(False)
-    spec = BackboneSpec("tiny-vit-linear", "tiny-vit-linear", None, None, "test backbone", test_only=True)
-    return Backbone(spec, model, open_clip.get_tokenizer("tiny-vit-linear"), cfg["vision_cfg"]["image_size"],
-                    open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
+    return tiny_variant("tiny-vit-linear",
+                        lambda cfg: cfg["text_cfg"].update(proj_bias=True, pool_type="eos", eos_id=49407))
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "plain"])
