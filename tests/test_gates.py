@@ -235,3 +235,38 @@ def test_bias_command_measures_a_saved_prompt_set(tmp_path, capsys, tiny_backbon
     wrong = save_prompt_set(build_learner("coop", tiny_backbone, ["x", "y", "z"]), tmp_path / "other.safetensors")
     assert main(argv[:-4] + ["--prompts", str(wrong), "--out", str(tmp_path / "no")]) == 2
     assert "classes differ" in capsys.readouterr().err and not (tmp_path / "no").exists()
+
+
+def test_accuracy_scores_every_batch_against_its_own_labels():
+    import threading
+    from types import SimpleNamespace
+
+    import torch
+
+    from dapt_core.experiments import bias_gates
+    from dapt_core.experiments.bias_worlds import LabelledScenes
+
+    labels = np.array([0, 2, 1, 1, 0, 2, 2], dtype=np.int64)
+    images = np.repeat((labels * 100).astype(np.uint8)[:, None, None, None], 4, axis=1).repeat(4, 2).repeat(3, 3)
+    scenes = LabelledScenes(images, np.ones(images.shape[:3], bool), labels)
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    levels = torch.tensor([(v / 255 - 0.5) / 0.25 for v in (0, 100, 200)])
+
+    class Reader:  # names the class whose grey level the picture has; half-wrong when told to be
+        backbone = SimpleNamespace(lock=threading.Lock(), mean=mean, std=std, device=torch.device("cpu"))
+
+        def __init__(self, shift):
+            self.shift = shift
+
+        def frozen_text_features(self):
+            return None
+
+        def __call__(self, images, text):
+            nearest = (images[:, 0, 0, 0, None] - levels).abs().argmin(-1)
+            return torch.nn.functional.one_hot((nearest + self.shift) % 3, 3).float()
+
+    # batches of 3 over 7 scenes: a batch read against another batch's labels would not score 100
+    assert bias_gates.accuracy(Reader(0), scenes, batch_size=3) == 100.0
+    assert bias_gates.accuracy(Reader(1), scenes, batch_size=3) == 0.0
+    wrong_last = LabelledScenes(images, scenes.masks, np.array([0, 2, 1, 1, 0, 2, 0]))
+    assert bias_gates.accuracy(Reader(0), wrong_last, batch_size=3) == pytest.approx(600 / 7)

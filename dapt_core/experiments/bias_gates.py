@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dapt_core.experiments.bias_suite import SuiteWorld, learner_classifier, paired_interval
+from dapt_core.experiments.bias_suite import SuiteWorld, classified_correctly, learner_classifier, paired_interval
 from dapt_core.experiments.bias_worlds import TEST_SPLITS, DownstreamTask, LabelledScenes
 from dapt_core.experiments.gate_thresholds import SETTINGS, THRESHOLDS, GateSettings, GateThresholds
 from dapt_core.preprocess import normalize_pixels
@@ -105,13 +105,10 @@ def _inputs(backbone, scenes: LabelledScenes, index: slice) -> torch.Tensor:
 def accuracy(learner, scenes: LabelledScenes, batch_size: int = 256) -> float:
     """Percent of scenes the learner names correctly."""
     backbone = learner.backbone
-    hits = []
-    with backbone.lock, torch.no_grad():
-        classify = learner_classifier(learner)
-        for start in range(0, len(scenes.labels), batch_size):
-            index = slice(start, start + batch_size)
-            hits.append(classify(_inputs(backbone, scenes, index)).argmax(-1).cpu().numpy() == scenes.labels[index])
-    return 100.0 * float(np.concatenate(hits).mean())
+    with backbone.lock:
+        hits = classified_correctly(learner_classifier(learner), lambda index: _inputs(backbone, scenes, index),
+                                    scenes.labels, batch_size)
+    return 100.0 * float(hits.mean())
 
 
 def attention_per_scene(learner, scenes: LabelledScenes, method: str = SETTINGS.cam_method,

@@ -184,16 +184,24 @@ def learner_classifier(learner) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 @torch.no_grad()
+def classified_correctly(classify: Callable[[torch.Tensor], torch.Tensor],
+                         inputs: Callable[[slice], torch.Tensor], labels: np.ndarray,
+                         batch_size: int = 256) -> np.ndarray:
+    """(N,) bool: whether the argmax of ``classify`` on each input is its label; ``inputs(index)`` gives the model
+    input of the rows ``index`` (a slice), batch by batch."""
+    hits = []
+    for start in range(0, len(labels), batch_size):
+        index = slice(start, start + batch_size)
+        hits.append(classify(inputs(index)).argmax(-1).cpu().numpy() == labels[index])
+    return np.concatenate(hits)
+
+
 def correct_per_scene(classify: Callable[[torch.Tensor], torch.Tensor], scenes: SuiteScenes, variant: str,
                       mean: Sequence[float], std: Sequence[float], device: torch.device,
                       batch_size: int = 256) -> np.ndarray:
     """(N,) bool: whether each scene's variant is classified as its object's class."""
-    hits = []
-    for start in range(0, len(scenes.labels), batch_size):
-        index = slice(start, start + batch_size)
-        logits = classify(variant_input(scenes, variant, mean, std, index).to(device))
-        hits.append(logits.argmax(-1).cpu().numpy() == scenes.labels[index])
-    return np.concatenate(hits)
+    return classified_correctly(classify, lambda index: variant_input(scenes, variant, mean, std, index).to(device),
+                                scenes.labels, batch_size)
 
 
 def wilson_interval(hits: int, n: int) -> tuple[float, float]:
