@@ -17,6 +17,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from dapt_core.constants import DAPT_RECORD_DEFAULTS
 from dapt_core.errors import DaptError
 from dapt_core.fileio import atomic_path
 from dapt_core.backbones import Backbone
@@ -56,7 +57,7 @@ class PromptSetInfo:
         dapt = self.meta.get("dapt") or {}
         if dapt.get("cue", "off") == "off":
             return learner
-        cam_method = dapt.get("cam_method", "gradcam")
+        cam_method = dapt.get("cam_method", DAPT_RECORD_DEFAULTS["cam_method"])
         cue = f"{cam_method} cue" if dapt["cue"] == "gradcam" and cam_method != "gradcam" else dapt["cue"]
         return f"{learner} + DAPT ({cue})"
 

@@ -14,3 +14,6 @@ ZERO_SHOT_CONTEXT = "a photo of a"  # CLIP's prompt prefix; CoOp started from it
 # The official schedule switches after 7 of 10 epochs (Ferenas/DAPT trainers/maple.py: `epoch > 6`).
 OFFICIAL_EPOCHS = 10
 OFFICIAL_SWITCH_EPOCH = 7
+# DAPT settings added after records (prompt sets, training states, grid cells) were first written, with the value
+# every earlier record was trained with: a record that lacks one reads as that value, whatever today's default
+DAPT_RECORD_DEFAULTS = {"cam_method": "gradcam"}

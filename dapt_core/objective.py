@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from dapt_core.attention.descriptions import DEFAULT_METHOD, METHOD_DESCRIPTIONS
 from dapt_core.backgrounds import OFFICIAL_BACKGROUNDS, check_background_words
-from dapt_core.constants import CAM_THRESHOLD, OFFICIAL_EPOCHS, OFFICIAL_SWITCH_EPOCH
+from dapt_core.constants import CAM_THRESHOLD, DAPT_RECORD_DEFAULTS, OFFICIAL_EPOCHS, OFFICIAL_SWITCH_EPOCH
 from dapt_core.learners.base import PromptLearner
 from dapt_core.preprocess import split_views
 
@@ -91,9 +91,9 @@ class DaptConfig:
     def from_record(cls, record: dict) -> DaptConfig:
         """The config a prompt set's metadata records (``asdict`` of one, as JSON).
 
-        A field the record lacks takes its default: a set written before the field existed was trained with
-        it (``cam_method``: the official Grad-CAM cue). A field this class does not have raises ValueError
-        naming it, as does a bad value.
+        A field the record lacks takes the value every set written before the field existed was trained with
+        (:data:`~dapt_core.constants.DAPT_RECORD_DEFAULTS`; ``cam_method``: the official Grad-CAM cue), else its
+        default. A field this class does not have raises ValueError naming it, as does a bad value.
         """
         if not isinstance(record, dict):
             raise ValueError(f"a DAPT config record must be an object of fields, got {type(record).__name__}")
@@ -101,7 +101,7 @@ class DaptConfig:
         unknown = sorted(set(record) - known)
         if unknown:
             raise ValueError(f"the DAPT config record has unknown field(s) {', '.join(unknown)}")
-        return cls(**record)
+        return cls(**{**DAPT_RECORD_DEFAULTS, **record})
 
 
 # --- the schedule ------------------------------------------------------------------------------------------

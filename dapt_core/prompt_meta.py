@@ -20,6 +20,8 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
+from dapt_core.constants import DAPT_RECORD_DEFAULTS
+
 MIN_CLASSES = 2  # a prompt set tells at least two classes apart
 
 
@@ -130,7 +132,7 @@ def metadata_problems(meta: Any) -> list[str]:
         return problems
     problems += _classname_problems(meta["classnames"])
     problems += _learner_problems(meta)
-    for key, default in (("cue", "off"), ("cam_method", "gradcam")):
+    for key, default in (("cue", "off"), *DAPT_RECORD_DEFAULTS.items()):
         value = (meta.get("dapt") or {}).get(key, default)
         if not isinstance(value, str):
             problems.append(f"dapt.{key} is {_json_type(value)} {_short(value)}; it must be a string")

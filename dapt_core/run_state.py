@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import torch
 
+from dapt_core.constants import DAPT_RECORD_DEFAULTS
 from dapt_core.data.records import Sample
 from dapt_core.errors import DaptError
 from dapt_core.fileio import atomic_path
@@ -25,9 +26,8 @@ log = logging.getLogger(__name__)
 
 STATE_FORMAT = "dapt-train-state"
 STATE_VERSION = 2  # 1: no fingerprint, no best-epoch snapshot
-# fingerprint fields added after a state file's version could be written, with the value every earlier run had:
-# a state file that lacks one belongs to a run with that value
-ADDED_FIELDS = {"dapt.cam_method": "gradcam"}
+# fingerprint fields added after state files were first written: one that lacks them belongs to a run with these
+ADDED_FIELDS = {f"dapt.{k}": v for k, v in DAPT_RECORD_DEFAULTS.items()}
 # TrainConfig fields that change how fast a run goes, not what it computes
 NON_IDENTITY_FIELDS = ("eval_batch_size", "num_workers")
 MAX_SHOWN_CHARS = 60  # longest value a mismatch message quotes in full

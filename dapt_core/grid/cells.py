@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dapt_core.attention.descriptions import DEFAULT_METHOD
+from dapt_core.constants import DAPT_RECORD_DEFAULTS
 from dapt_core.grid.config import GridConfig, GridConfigError
 
 log = logging.getLogger(__name__)
@@ -30,8 +30,6 @@ STATE_FILE = "state.pt"
 # TrainConfig fields that change how fast a cell runs, not what it computes
 SPEED_ONLY_TRAIN_FIELDS = ("eval_batch_size", "num_workers")
 MAX_LISTED_MISMATCHES = 5
-# DaptConfig fields added after cells were first written, with the value every earlier DAPT cell trained with
-LEGACY_DAPT_DEFAULTS = {"cam_method": DEFAULT_METHOD}
 
 
 @dataclass(frozen=True)
@@ -182,12 +180,12 @@ def _differences(stored: dict, wanted: dict, prefix: str = "") -> list[str]:
 
 def stored_identity(record: dict) -> Any:
     """A record's identity as this version writes it: a DAPT cell written before a DaptConfig field existed
-    gets the value it was trained with (:data:`LEGACY_DAPT_DEFAULTS`), so its finished result still counts."""
+    gets the value it was trained with (:data:`dapt_core.constants.DAPT_RECORD_DEFAULTS`), so its finished result still counts."""
     identity = record.get("identity")
     dapt = identity.get("dapt") if isinstance(identity, dict) else None
     if not isinstance(dapt, dict) or not dapt:  # a plain learner's cell records no DAPT settings
         return identity
-    return {**identity, "dapt": {**{k: v for k, v in LEGACY_DAPT_DEFAULTS.items() if k not in dapt}, **dapt}}
+    return {**identity, "dapt": {**{k: v for k, v in DAPT_RECORD_DEFAULTS.items() if k not in dapt}, **dapt}}
 
 
 def read_finished(cell: Cell) -> dict | None:
