@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from dapt_core.attention.descriptions import DEFAULT_METHOD
+
 
 @dataclass(frozen=True)
 class Method:
@@ -37,7 +39,7 @@ def method_of(name: str, dapt: dict | None = None) -> Method:
     than Grad-CAM (``dapt: {cam_method: legrad}``) is named in the title and is no longer the paper's DAPT-G,
     so it gets no published row of its own."""
     method = get_method(name)
-    cam_method = (dapt or {}).get("cam_method", "gradcam")
-    if method.cue != "gradcam" or cam_method == "gradcam":
+    cam_method = (dapt or {}).get("cam_method", DEFAULT_METHOD)  # a grid's cells train with the default when unset
+    if method.cue != "gradcam" or cam_method == "gradcam":  # the paper's DAPT-G: the official Grad-CAM cue
         return method
     return replace(method, title=f"{method.title} ({cam_method} cue)", published=None)
