@@ -269,3 +269,15 @@ def test_grid_tables_name_a_cue_from_another_map_and_keep_the_paper_row_for_grad
     assert (other.title, other.published, other.cue) == ("MaPLe + DAPT-G (legrad cue)", None, "gradcam")
     assert method_of("maple+dapt-s", {"cam_method": "legrad"}) == get_method("maple+dapt-s")
     assert method_of("maple", {"cam_method": "legrad"}).title == "MaPLe"
+
+
+def test_a_grid_with_another_cue_map_shows_its_own_title_and_no_paper_row_beneath_it():
+    from dapt_core.grid import aggregate
+
+    grid = {**GRID, "setting": "base_to_novel", "methods": ["maple", "maple+dapt-g"], "shots": [16]}
+    rows = lambda cfg: [r.label for r in aggregate.build_tables(cfg, [], ["pets"])[0].rows]  # noqa: E731
+    assert rows(parse_config(grid)) == ["MaPLe", "MaPLe (published)", "MaPLe + DAPT-G", "DAPT-G (published)",
+                                        "zero-shot CLIP (published)", "CoOp (published)", "DAPT-S (published)"]
+    assert rows(parse_config({**grid, "dapt": {"cam_method": "legrad"}})) == [
+        "MaPLe", "MaPLe (published)", "MaPLe + DAPT-G (legrad cue)", "zero-shot CLIP (published)",
+        "CoOp (published)", "DAPT-G (published)", "DAPT-S (published)"]
