@@ -232,8 +232,9 @@ def dapt_losses(learner: PromptLearner, images: torch.Tensor, masks: torch.Tenso
     Background prompts are encoded on their own, so they never enter the class logits. The views go through
     the image encoder batched (the official code makes three calls). On the fast path a view whose features
     every loss detaches (the foreground view always; the background view unless the background term trains
-    through it) runs without autograd, so the backward skips it; the losses and gradients are the plain
-    path's (to fp32 rounding).
+    through it) runs without autograd, so the backward skips it, and a triplet term that nothing learned reaches
+    is left out (:func:`active_terms`): the gradients are the plain path's (to fp32 rounding), and so is every
+    loss term the fast path returns.
 
     Args:
         images: (B, 3, H, W) normalised images.
@@ -243,8 +244,7 @@ def dapt_losses(learner: PromptLearner, images: torch.Tensor, masks: torch.Tenso
         epochs: the run's number of epochs (needed by the ``scaled`` schedule).
         fast: False runs the plain path: the three views in one call with autograd.
     """
-    weights = loss_weights(epoch, cfg, epochs)
-    active = {k: w for k, w in weights.items() if w > 0}
+    active = active_terms(learner, epoch, cfg, epochs, fast=fast)
     if active:
         if masks is None:
             raise ValueError("DAPT needs a foreground mask for every image")
@@ -263,6 +263,31 @@ def dapt_losses(learner: PromptLearner, images: torch.Tensor, masks: torch.Tenso
         terms["background"] = background_alignment_loss(view, background_text_features(learner, cfg), scale)
     terms["total"] = terms["ce"] + sum(active[k] * terms[k] for k in active)
     return terms
+
+
+def active_terms(learner: PromptLearner, epoch: int, cfg: DaptConfig, epochs: int | None = None, *,
+                 fast: bool = True) -> dict[str, float]:
+    """The regularisers a step computes at ``epoch``: those the schedule weighs above zero, except (``fast``) a
+    triplet term that nothing learned reaches when it is the only one.
+
+    The triplet term reaches the prompts only through the whole image's features (both views are detached). A
+    learner without visual prompts (CoOp) has a frozen image side, so there the term is a constant: its
+    gradient is zero, and leaving it out changes no gradient and no learned prompt. Where it is the only term
+    (the official schedule's first phase over CoOp) the step then needs no view at all, and a run's Grad-CAM
+    cue need not be refreshed for that epoch (:func:`needs_views`). Beside other terms it costs nothing more
+    (the views are there) and is kept. The plain path (``fast=False``) computes it always, as the official
+    code does.
+    """
+    active = {k: w for k, w in loss_weights(epoch, cfg, epochs).items() if w > 0}
+    # a learner that does not say it has no visual prompts is taken to learn its image side
+    if fast and set(active) == {"triplet"} and getattr(learner, "n_visual_prompts", None) == 0:
+        return {}
+    return active
+
+
+def needs_views(learner: PromptLearner, epoch: int, cfg: DaptConfig, epochs: int | None = None) -> bool:
+    """Whether a (fast) step at ``epoch`` uses the foreground/background views, and so the masks."""
+    return bool(active_terms(learner, epoch, cfg, epochs))
 
 
 def _view_features(learner: PromptLearner, images: torch.Tensor, masks: torch.Tensor, active: dict[str, float],

@@ -27,7 +27,7 @@ from dapt_core.data.records import DataError, Sample
 from dapt_core.learners.base import PromptLearner
 from dapt_core.data.masks import InMemoryMasks, MaskProvider
 from dapt_core.constants import OFFICIAL_EPOCHS
-from dapt_core.objective import DaptConfig, dapt_losses, loss_weights, warn_unreached_terms
+from dapt_core.objective import DaptConfig, dapt_losses, needs_views, warn_unreached_terms
 from dapt_core.preflight import check_images, check_masks
 from dapt_core.run_state import TrainState, load_state, run_fingerprint, save_state
 
@@ -271,7 +271,7 @@ def train_prompts(learner: PromptLearner, samples: list[Sample], cfg: TrainConfi
         RunMismatchError: the state file belongs to another run.
     """
     val_samples = list(val_samples or [])
-    _check_run(samples, val_samples, cfg, dapt, masks)
+    _check_run(learner, samples, val_samples, cfg, dapt, masks)
     fingerprint = run_fingerprint(learner, samples, cfg, dapt, val_samples=val_samples, masks=masks,
                                   run_info=run_info)
     seed_everything(cfg.seed)
@@ -287,7 +287,8 @@ def train_prompts(learner: PromptLearner, samples: list[Sample], cfg: TrainConfi
     for epoch in range(state.epoch + 1 if state else 0, cfg.epochs):
         dataset.set_epoch(epoch)
         generator.manual_seed(cfg.seed * 1000 + epoch)
-        if dapt.cue == "gradcam" and any(loss_weights(epoch, dapt, cfg.epochs).values()):
+        dataset.use_masks = dapt.enabled and needs_views(learner, epoch, dapt, cfg.epochs)
+        if dapt.cue == "gradcam" and dataset.use_masks:
             refresh_gradcam_masks(learner, dataset, cue_masks, dapt.cam_threshold, method=dapt.cam_method)
         record = _train_epoch(learner, loader, optimizer, epoch, cfg, dapt, on_step, cancel, progress)
         if validate:
@@ -302,8 +303,8 @@ def train_prompts(learner: PromptLearner, samples: list[Sample], cfg: TrainConfi
     return history
 
 
-def _check_run(samples: list[Sample], val_samples: list[Sample], cfg: TrainConfig, dapt: DaptConfig,
-               masks: MaskProvider | None) -> None:
+def _check_run(learner: PromptLearner, samples: list[Sample], val_samples: list[Sample], cfg: TrainConfig,
+               dapt: DaptConfig, masks: MaskProvider | None) -> None:
     """Refuses a run that cannot finish (no images, a broken file, a missing mask) before its first step, and
     warns of what it will not do (best_val without validation images, a term the schedule never reaches)."""
     if dapt.cue == "mask" and masks is None:
@@ -317,6 +318,9 @@ def _check_run(samples: list[Sample], val_samples: list[Sample], cfg: TrainConfi
     if cfg.selection == "best_val" and not val_samples:
         log.warning("model selection best_val has no validation images: the last epoch's prompts are kept")
     warn_unreached_terms(dapt, cfg.epochs)
+    if dapt.enabled and dapt.triplet_weight > 0 and learner.n_visual_prompts == 0:
+        log.info("DAPT over %s: no visual prompts, so the triplet term's gradient is zero; it is not computed, "
+                 "and an epoch with no other term runs as plain %s", learner.kind, learner.kind)
 
 
 def _score_epoch(learner: PromptLearner, record: dict, best: dict | None, val_samples: list[Sample],

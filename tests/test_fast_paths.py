@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from dapt_core import encoders
+from dapt_core import encoders, objective
 from dapt_core.encoders import end_positions, shared_prefix_length
 from dapt_core.learners import base as learner_base
 from dapt_core.learners import build_learner
@@ -375,3 +375,36 @@ def test_hooked_blocks_run_open_clips_own_forward(deep_backbone, monkeypatch):
     finally:
         handle.remove()
     assert len(calls) == 2 and len(seen) == 1  # blocks 0 and 2 fast, the hooked block 1 through its module
+
+
+@pytest.mark.parametrize("options", [{}, {"ctx_init": "a photo of a"}, {"n_ctx": 3, "class_specific": True}])
+def test_a_triplet_only_coop_step_runs_no_view_and_keeps_the_plain_gradients(deep_backbone, monkeypatch, options):
+    """Over CoOp the triplet term is a constant (nothing learned reaches the image side): in the official
+    schedule's first phase the fast step leaves it out and encodes only the whole image, with the gradients of
+    the plain path, which computes it."""
+    learner = make_learner(deep_backbone, "coop", options, seed=5)
+    images, masks, labels = batch(deep_backbone, 5)
+    cfg = DaptConfig(cue="mask", schedule="official")
+    calls = view_calls(monkeypatch, learner)
+    fast = dapt_losses(learner, images, masks, labels, 0, cfg, epochs=10)
+    assert calls == [(4, True)] and set(fast) == {"ce", "total"}
+    fast_grads = grads(learner, fast["total"])
+    calls.clear()
+    plain = dapt_losses(learner, images, masks, labels, 0, cfg, epochs=10, fast=False)
+    assert calls == [(12, True)] and float(plain["triplet"]) > 0 and not plain["triplet"].requires_grad
+    torch.testing.assert_close(fast["ce"], plain["ce"], rtol=1e-5, atol=1e-6)
+    assert_same_grads(fast_grads, grads(learner, plain["total"]))
+
+
+def test_the_triplet_stays_where_it_trains_or_the_views_are_there(deep_backbone):
+    images, masks, labels = batch(deep_backbone, 6)
+    maple = make_learner(deep_backbone, "maple", {}, seed=6)
+    official = DaptConfig(cue="mask", schedule="official")
+    terms = dapt_losses(maple, images, masks, labels, 0, official, epochs=10)
+    assert set(terms) == {"ce", "triplet", "total"} and terms["triplet"].requires_grad  # visual prompts learn
+    coop = make_learner(deep_backbone, "coop", {}, seed=6)
+    joint = dapt_losses(coop, images, masks, labels, 0, DaptConfig(cue="mask", schedule="joint"))
+    assert set(joint) == {"ce", "triplet", "foreground", "background", "total"}
+    assert [objective.needs_views(coop, e, official, 10) for e in (0, 6, 7, 9)] == [False, False, True, True]
+    assert [objective.needs_views(maple, e, official, 10) for e in (0, 6, 7, 9)] == [True, True, True, True]
+    assert not objective.needs_views(coop, 0, DaptConfig(cue="off"), 10)

@@ -217,3 +217,26 @@ def test_an_app_run_records_which_epoch_it_kept(tmp_path, tiny_backbone):
     result = run_training(request, tiny_backbone, catalog, tmp_path / "work")
     assert read_info(result.path).meta["train"]["selected"] == {"rule": "last", "epoch": 1, "requested": "best_val",
                                                                 "reason": "no validation images"}
+
+
+def test_coop_dapt_epochs_with_only_the_triplet_train_as_plain_coop(tiny_backbone, images, monkeypatch):
+    """Over CoOp the triplet term's gradient is zero: epochs before the official switch learn exactly what
+    plain CoOp learns, without refreshing the Grad-CAM cue or reading a mask; from the switch on the cue is
+    refreshed once per epoch."""
+    refreshed = []
+    original = train_module.refresh_gradcam_masks
+    monkeypatch.setattr(train_module, "refresh_gradcam_masks",
+                        lambda learner, dataset, *a, **k: refreshed.append(dataset.epoch) or original(
+                            learner, dataset, *a, **k))
+    cfg = TrainConfig(epochs=3, batch_size=3, selection="last", seed=4)
+    plain = fresh(tiny_backbone)
+    train_prompts(plain, images["train"], cfg, DaptConfig(cue="off"), progress=False)
+    dapt = fresh(tiny_backbone)
+    history = train_prompts(dapt, images["train"], cfg, DaptConfig(cue="gradcam", switch_epoch=7), progress=False)
+    assert refreshed == [] and all("triplet" not in h for h in history)
+    assert torch.equal(dapt.ctx, plain.ctx)
+    switched = fresh(tiny_backbone)
+    history = train_prompts(switched, images["train"], cfg, DaptConfig(cue="gradcam", switch_epoch=1),
+                            progress=False)
+    assert refreshed == [1, 2] and [("background" in h) for h in history] == [False, True, True]
+    assert not torch.equal(switched.ctx, plain.ctx)

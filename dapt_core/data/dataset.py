@@ -116,6 +116,7 @@ class PromptDataset(Dataset):
         self.seed = seed
         self.augment = augment
         self.epoch = 0
+        self.use_masks = True  # False: all-ones masks, the provider unread (an epoch whose steps use no view)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -125,7 +126,7 @@ class PromptDataset(Dataset):
         self.epoch = epoch
 
     def _mask(self, index: int, sample: Sample) -> np.ndarray | None:
-        if self.masks is None:
+        if self.masks is None or not self.use_masks:
             return None
         mask = self.masks.get(index, sample)
         if mask is None:
