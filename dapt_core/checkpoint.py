@@ -228,10 +228,16 @@ def load_prompt_set(path: str | Path, backbone: Backbone, classnames: list[str] 
     return learner
 
 
-def list_prompt_sets(folder: str | Path, backbone: Backbone | None = None) -> list[PromptSetInfo]:
-    """Prompt checkpoints in a folder (sorted by name); with a backbone, only those that fit it."""
+def list_prompt_sets(folder: str | Path, backbone: Backbone | None = None, *,
+                     fingerprint: str | None = None) -> list[PromptSetInfo]:
+    """Prompt checkpoints in a folder (sorted by name); with a backbone, only those that fit it.
+
+    Args:
+        fingerprint: :func:`backbone_fingerprint` of ``backbone``, when the caller has it already.
+    """
     found = []
-    fingerprint = backbone_fingerprint(backbone) if backbone is not None else None
+    if backbone is not None and fingerprint is None:
+        fingerprint = backbone_fingerprint(backbone)
     for path in sorted(Path(folder).glob("*.safetensors")):
         try:
             info = read_info(path)

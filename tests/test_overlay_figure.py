@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
+from dapt_core.viz import figure as figure_module
 from dapt_core.viz.figure import PanelResult, comparison_figure, figure_to_array, save_figure, share_chart
 from dapt_core.viz.overlay import (
     PANEL_GAP_PX,
@@ -159,6 +160,28 @@ def test_saved_figure_is_byte_identical_and_atomic(tmp_path: Path) -> None:
     assert first.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert b"matplotlib" not in first.read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png"]
+
+
+def test_the_fast_png_level_keeps_the_pixels_and_changes_only_the_encoding(tmp_path: Path) -> None:
+    from PIL import Image
+
+    fig = comparison_figure(_image(), _mask(), _panels(2), title="levels")
+    usual = save_figure(fig, tmp_path / "usual.png")
+    fast = save_figure(fig, tmp_path / "fast.png", compress_level=figure_module.FAST_PNG_LEVEL)
+    assert usual.read_bytes() != fast.read_bytes()
+    assert np.array_equal(np.asarray(Image.open(usual)), np.asarray(Image.open(fast)))
+
+
+@pytest.mark.parametrize("shape,expected", [
+    ((480, 640), (195, 260)),  # wide: the column's width
+    ((2000, 1000), (520, 260)),  # tall: the column's width, at most MAX_ASPECT times as tall
+    ((3000, 500), (520, 87)),  # taller than MAX_ASPECT: its height is the cap
+    ((120, 90), (120, 90)),  # small: never enlarged
+])
+def test_figure_images_are_shrunk_to_the_pixels_a_column_shows(shape, expected) -> None:
+    assert figure_module.COLUMN_PX == 260
+    image = np.zeros((*shape, 3), dtype=np.uint8)
+    assert figure_module._display_image(image).shape[:2] == expected
 
 
 def test_failed_save_leaves_no_temp_and_keeps_the_old_file(tmp_path: Path, monkeypatch) -> None:

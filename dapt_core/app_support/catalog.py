@@ -18,7 +18,9 @@ from dapt_core.app_support.startup import (
 )
 from dapt_core.app_support.uploads import UploadError, slugify
 from dapt_core.backbones import Backbone
-from dapt_core.checkpoint import CheckpointError, PromptSetInfo, list_prompt_sets, load_prompt_set
+from dapt_core.checkpoint import (
+    CheckpointError, PromptSetInfo, backbone_fingerprint, list_prompt_sets, load_prompt_set,
+)
 from dapt_core.learners.base import PromptLearner
 from dapt_core.metric_units import format_metrics
 
@@ -84,6 +86,7 @@ class PromptCatalog:
         self.max_user_sets, self.max_user_bytes = max_user_sets, max_user_bytes
         self._cache: OrderedDict[tuple, PromptLearner] = OrderedDict()
         self._lock = threading.Lock()
+        self._fingerprint: str | None = None  # of the shared backbone, frozen for the app's life: taken once
         self.write_lock = threading.Lock()  # choosing a new file name and writing it happen together
 
     @property
@@ -91,18 +94,29 @@ class PromptCatalog:
         return self.folders["user"]
 
     def entries(self) -> list[CatalogEntry]:
+        if self._fingerprint is None:
+            self._fingerprint = backbone_fingerprint(self.backbone)
         found = []
         for source, folder in self.folders.items():
             if folder.is_dir():
                 found += [CatalogEntry(f"{source}/{info.path.stem}", source, info)
-                          for info in list_prompt_sets(folder, self.backbone)]
+                          for info in list_prompt_sets(folder, self.backbone, fingerprint=self._fingerprint)]
         return found
 
     def get(self, key: str) -> CatalogEntry:
-        for entry in self.entries():
-            if entry.key == key:
-                return entry
-        raise KeyError(f"no prompt set {key!r} for backbone {self.backbone.name}; refresh the list")
+        return self.get_many([key])[0]
+
+    def get_many(self, keys: list[str]) -> list[CatalogEntry]:
+        """The entries of ``keys``, in order, from one reading of the folders.
+
+        Raises:
+            KeyError: a key that is not listed (the first such).
+        """
+        listed = {entry.key: entry for entry in self.entries()}
+        for key in keys:
+            if key not in listed:
+                raise KeyError(f"no prompt set {key!r} for backbone {self.backbone.name}; refresh the list")
+        return [listed[key] for key in keys]
 
     def default_keys(self, entries: list[CatalogEntry] | None = None) -> list[str]:
         """The first plain set and the first DAPT set (CoOp preferred), else the first two."""
@@ -137,14 +151,18 @@ class PromptCatalog:
         shutil.copyfile(source, target)
         return target
 
-    def learner(self, key: str, classnames: list[str] | None = None) -> PromptLearner:
+    def learner(self, key: str, classnames: list[str] | None = None,
+                entry: CatalogEntry | None = None) -> PromptLearner:
         """The learner of a prompt set, with its stored classes or ``classnames``; built once per (file, classes).
+
+        Args:
+            entry: the set's entry when the caller has just read it (:meth:`get_many`); else it is looked up.
 
         Raises:
             KeyError: unknown key.
             CheckpointError: the file cannot be loaded onto the backbone.
         """
-        path = self.get(key).info.path
+        path = (entry if entry is not None and entry.key == key else self.get(key)).info.path
         stat = path.stat()
         cache_key = (str(path), stat.st_mtime_ns, stat.st_size, tuple(classnames) if classnames else None)
         with self._lock:

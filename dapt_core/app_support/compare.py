@@ -19,7 +19,7 @@ from dapt_core.app_support.startup import Examples, TempFiles, parse_classnames
 from dapt_core.app_support.uploads import upload_name, upload_path
 from dapt_core.imageio import image_to_array, load_image
 from dapt_core.learners.base import PromptLearner
-from dapt_core.viz.figure import figure_to_array, save_figure, share_chart
+from dapt_core.viz.figure import FAST_PNG_LEVEL, figure_to_array, save_figure, share_chart
 from dapt_core.viz.overlay import heatmap_overlay, outline, split_panel
 
 FIGURE_NAME = "dapt-comparison.png"  # the file name the visitor downloads the comparison figure under
@@ -96,7 +96,7 @@ def present(result: AnalysisResult, set_keys: list[str], title: str, figure_path
         shares = [None if r.object_share is None or math.isnan(r.object_share) else r.object_share
                   for r in result.results]
         chart = figure_to_array(share_chart([r.name for r in result.results], shares))
-    figure = save_figure(result.figure(title=title), figure_path)
+    figure = save_figure(result.figure(title=title), figure_path, compress_level=FAST_PNG_LEVEL)
     return CompareOutputs(split, gallery, rows, chart, str(figure), {**result.to_json(), "prompt_set_keys": set_keys})
 
 
@@ -147,10 +147,11 @@ class Comparer:
             names = parse_classnames(classes)
         except ValueError as err:
             raise ValueError(f"Classes: {err}") from err
-        if names is None and len({tuple(self.catalog.get(k).info.meta["classnames"]) for k in set_keys}) > 1:
+        entries = self.catalog.get_many(set_keys)
+        if names is None and len({tuple(e.info.meta["classnames"]) for e in entries}) > 1:
             raise ValueError("These prompt sets were trained on different class lists; type one class list "
                              "(comma-separated) for all of them.")
-        return [(self.catalog.get(k).info.name, self.catalog.learner(k, names)) for k in set_keys]
+        return [(e.info.name, self.catalog.learner(e.key, names, entry=e)) for e in entries]
 
     def run(self, image: Any, set_keys: list[str] | None, classes: str | None, segmenter: str, cam_method: str,
             target: str | None) -> CompareOutputs:

@@ -31,10 +31,15 @@ COLUMN_WIDTH_IN = 2.6
 # Room under the images for the titles and the five prediction lines.
 TEXT_HEIGHT_IN = 1.7
 SUPTITLE_HEIGHT_IN = 0.4
-# Images are drawn at most this large; the figure shows ~260 px per column anyway.
-FIGURE_MAX_SIDE_PX = 512
 # Very tall or wide images are letterboxed into these aspect limits (height / width).
 MIN_ASPECT, MAX_ASPECT = 0.5, 2.0
+# An image column is this many pixels wide, and at most MAX_ASPECT times that tall: the images are shrunk to
+# that first, so drawing never resamples more pixels than the figure shows.
+COLUMN_PX = round(COLUMN_WIDTH_IN * FIGURE_DPI)
+# zlib level of saved PNGs: 6 (the usual) for results kept in the repository; the app saves a figure on every
+# comparison and uses FAST_PNG_LEVEL (a somewhat larger file, written in a fraction of the time).
+PNG_COMPRESS_LEVEL = 6
+FAST_PNG_LEVEL = 1
 TOP_K_SHOWN = 5
 LABEL_MAX_CHARS = 20
 TITLE_FONT_SIZE = 9
@@ -166,7 +171,8 @@ def share_chart(names: list[str], shares: list[float | None]) -> Figure:
     return fig
 
 
-def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = FIGURE_DPI) -> Path:
+def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = FIGURE_DPI,
+                compress_level: int = PNG_COMPRESS_LEVEL) -> Path:
     """Write a figure as PNG atomically, with byte-for-byte reproducible output.
 
     The PNG is written to a temporary file beside ``path`` and renamed over it, so a
@@ -177,6 +183,7 @@ def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = FIGURE_DPI) 
         fig: the figure to save.
         path: destination ending in ``.png``; missing parent folders are created.
         dpi: resolution in dots per inch.
+        compress_level: zlib level of the PNG, 0 (none) to 9; the pixels are the same at every level.
 
     Returns:
         The destination as a ``Path``.
@@ -188,7 +195,8 @@ def save_figure(fig: Figure, path: str | os.PathLike, *, dpi: int = FIGURE_DPI) 
     if target.suffix.lower() != ".png":
         raise ValueError(f"save_figure writes PNG; {target} must end in .png")
     with atomic_path(target) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None})
+        fig.savefig(tmp, format="png", dpi=dpi, metadata={"Software": None},
+                    pil_kwargs={"compress_level": compress_level})
     logger.debug("saved figure to %s", target)
     return target
 
@@ -212,10 +220,9 @@ def _display_image(image: np.ndarray) -> np.ndarray:
         shape = getattr(image, "shape", None)
         raise ValueError(f"image must be a uint8 numpy array (H, W, 3); got shape {shape}")
     height, width = image.shape[:2]
-    longest = max(height, width)
-    if longest <= FIGURE_MAX_SIDE_PX:
+    scale = min(COLUMN_PX / width, COLUMN_PX * MAX_ASPECT / height)
+    if scale >= 1:
         return image
-    scale = FIGURE_MAX_SIDE_PX / longest
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
