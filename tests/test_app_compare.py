@@ -13,6 +13,7 @@ from PIL import Image
 
 from dapt_core import app_support as support
 from dapt_core.analysis import AnalysisResult, PromptSetResult
+from dapt_core.app_support import catalog as catalog_module
 from dapt_core.app_support import startup
 from dapt_core.checkpoint import save_prompt_set
 from dapt_core.imageio import ImageInputError
@@ -275,3 +276,16 @@ def test_guarded_raises_the_uis_error_for_functions_and_generators(caplog):
     with pytest.raises(UIError, match="^said as it is$") as kept:
         guard(own)()
     assert kept.value.__cause__ is None
+
+
+def test_comparisons_hash_the_shared_backbone_once_and_read_each_set_by_key(catalog, tmp_path, monkeypatch):
+    hashed = []
+    original = catalog_module.backbone_fingerprint
+    monkeypatch.setattr(catalog_module, "backbone_fingerprint", lambda b: hashed.append(b) or original(b))
+    comparer = _comparer(catalog, tmp_path / "no-examples")
+    for keys in (["bundled/a-coop", "bundled/b-dapt"], ["bundled/b-dapt", "bundled/a-coop"]):
+        learners = comparer.learners(keys, None)
+        assert [learner is catalog.learner(key) for (_, learner), key in zip(learners, keys)] == [True, True]
+    assert len(hashed) == 1
+    with pytest.raises(KeyError, match="bundled/zz"):
+        catalog.get_many(["bundled/a-coop", "bundled/zz"])
