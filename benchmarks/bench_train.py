@@ -4,8 +4,12 @@ the same batch, measured in the same run; DAPT's cost over its base method as a 
     python benchmarks/bench_train.py [--backbone ViT-B-16-random] [--classes 37] [--batch 4] [--repeats 5]
                                      [--device cpu|cuda] [--paths fast plain] [--out FILE]
 
-Random weights of the chosen architecture are enough for timing. DAPT runs with the joint schedule, so every
-term is computed. The measurements are interleaved (one round times every configuration once), so a change of
+Random weights of the chosen architecture are enough for timing. ``coop+dapt`` and ``maple+dapt`` run the joint
+schedule, so every term is computed (DAPT-S: the mask cue, masks given). The fast path is also timed in the two
+phases of the official schedule: ``@triplet`` (epochs 0-6: the triplet term alone; over CoOp a constant, left out)
+and ``@align`` (epochs 7-9: the foreground and background terms); their weighted mean over the official 10 epochs
+is a whole official run's step over its base method's (``official_run_over_base``). The measurements are
+interleaved (one round times every configuration once), so a change of
 machine load hits all of them alike; each figure is the median over the rounds, with the fastest round and the
 median CPU time of the process beside it (on a shared CPU these two move least with the load). On a GPU the
 steps run under bf16 autocast and the benchmark also prints images per second and the peak GPU memory of each
@@ -34,10 +38,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dapt_core.backbones import load_backbone  # noqa: E402
+from dapt_core.constants import OFFICIAL_EPOCHS, OFFICIAL_SWITCH_EPOCH  # noqa: E402
 from dapt_core.learners import build_learner  # noqa: E402
 from dapt_core.objective import DaptConfig, dapt_losses  # noqa: E402
 
-CONFIGS = (("coop", "off"), ("coop", "mask"), ("maple", "off"), ("maple", "mask"))
+# name -> (learner, DAPT cue, schedule, epoch); every one is timed on the paths asked for
+CONFIGS = {"coop": ("coop", "off", "joint", 0), "coop+dapt": ("coop", "mask", "joint", 0),
+           "maple": ("maple", "off", "joint", 0), "maple+dapt": ("maple", "mask", "joint", 0)}
+# the official schedule's two phases, on the fast path only
+PHASES = {f"{kind}+dapt@{phase}": (kind, "mask", "official", epoch) for kind in ("coop", "maple")
+          for phase, epoch in (("triplet", 0), ("align", OFFICIAL_SWITCH_EPOCH))}
 
 
 def _sync(device: torch.device) -> None:
@@ -78,18 +88,20 @@ def peak_gpu_mb(fn: Callable[[], None], device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20
 
 
-def make_step(kind: str, cue: str, backbone, classnames, images, masks, labels, plain: bool) -> Callable[[], None]:
-    """One optimiser step of a fresh learner (SGD, the official learning rate)."""
+def make_step(config: tuple[str, str, str, int], backbone, classnames, images, masks, labels,
+              plain: bool) -> Callable[[], None]:
+    """One optimiser step of a fresh learner (SGD, the official learning rate) at one epoch of a schedule."""
+    kind, cue, schedule, epoch = config
     learner = build_learner(kind, backbone, classnames)
     if plain and hasattr(learner, "fast_paths"):
         learner.fast_paths = False
     optimizer = torch.optim.SGD(learner.parameters(), lr=0.0035)
-    cfg = DaptConfig(cue=cue, schedule="joint")
+    cfg = DaptConfig(cue=cue, schedule=schedule)
     options = {"fast": False} if plain and "fast" in inspect.signature(dapt_losses).parameters else {}
 
     def step() -> None:
         with backbone.autocast():
-            terms = dapt_losses(learner, images, masks, labels, 0, cfg, **options)
+            terms = dapt_losses(learner, images, masks, labels, epoch, cfg, OFFICIAL_EPOCHS, **options)
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
         optimizer.step()
@@ -103,7 +115,7 @@ def _report(name: str, got: dict[str, float], unit: dict[str, float], results: d
     results.update({f"step_s/{name}": got["median"], f"step_units/{name}": got["median"] / unit["median"],
                     f"step_units_min/{name}": got["min"] / unit["min"],
                     f"step_units_cpu/{name}": got["cpu"] / unit["cpu"]})
-    line = (f"one training step, {name:17s}: {got['median']:.3f} s = {got['median'] / unit['median']:.2f} "
+    line = (f"one training step, {name:20s}: {got['median']:.3f} s = {got['median'] / unit['median']:.2f} "
             f"image forwards (fastest: {got['min'] / unit['min']:.2f}, CPU time: {got['cpu'] / unit['cpu']:.2f})")
     if device.type == "cuda":
         results[f"images_per_s/{name}"] = batch / got["median"]
@@ -123,15 +135,31 @@ def _ratios(results: dict, paths: list[str]) -> None:
             print(f"{kind}+dapt / {kind} ({path}): {results[f'dapt_over_base/{kind}{tag}']:.2f} (fastest: "
                   f"{results[f'dapt_over_base_min/{kind}{tag}']:.2f}, CPU time: "
                   f"{results[f'dapt_over_base_cpu/{kind}{tag}']:.2f})", flush=True)
+    if "fast" in paths:
+        _official_run(results)
     if set(paths) == {"fast", "plain"}:
-        for kind, cue in CONFIGS:
-            name = kind if cue == "off" else f"{kind}+dapt"
+        for name in CONFIGS:
             for suffix in ("", "_min", "_cpu"):
                 results[f"plain_over_fast{suffix}/{name}"] = (results[f"step_units{suffix}/{name}/plain"]
                                                               / results[f"step_units{suffix}/{name}"])
             print(f"{name:11s}: plain / fast step {results[f'plain_over_fast/{name}']:.2f} (fastest: "
                   f"{results[f'plain_over_fast_min/{name}']:.2f}, CPU time: "
                   f"{results[f'plain_over_fast_cpu/{name}']:.2f})", flush=True)
+
+
+def _official_run(results: dict) -> None:
+    """Each learner's mean DAPT step over an official 10-epoch run (epochs before the switch in the triplet phase,
+    the rest in the alignment phase), over its base method's step."""
+    share = OFFICIAL_SWITCH_EPOCH / OFFICIAL_EPOCHS
+    for kind in ("coop", "maple"):
+        for suffix, key in (("", "step_s"), ("_min", "step_units_min"), ("_cpu", "step_units_cpu")):
+            mean = (share * results[f"{key}/{kind}+dapt@triplet"] + (1 - share) * results[f"{key}/{kind}+dapt@align"])
+            results[f"official_run_over_base{suffix}/{kind}"] = mean / results[f"{key}/{kind}"]
+        print(f"{kind}+dapt / {kind} over an official run ({OFFICIAL_SWITCH_EPOCH} triplet + "
+              f"{OFFICIAL_EPOCHS - OFFICIAL_SWITCH_EPOCH} alignment epochs, fast): "
+              f"{results[f'official_run_over_base/{kind}']:.2f} (fastest: "
+              f"{results[f'official_run_over_base_min/{kind}']:.2f}, CPU time: "
+              f"{results[f'official_run_over_base_cpu/{kind}']:.2f})", flush=True)
 
 
 def main() -> None:
@@ -161,9 +189,9 @@ def main() -> None:
 
     fns: dict[str, Callable[[], None]] = {"frozen_image_forward": frozen_forward}
     for path in args.paths:
-        for kind, cue in CONFIGS:
-            name = (kind if cue == "off" else f"{kind}+dapt") + ("" if path == "fast" else "/plain")
-            fns[name] = make_step(kind, cue, backbone, classnames, images, masks, labels, path == "plain")
+        for name, config in {**CONFIGS, **(PHASES if path == "fast" else {})}.items():
+            fns[name + ("" if path == "fast" else "/plain")] = make_step(config, backbone, classnames, images, masks,
+                                                                        labels, path == "plain")
     seconds = timed_rounds(fns, args.repeats, device)
     unit = seconds.pop("frozen_image_forward")
     print(f"frozen image forward (batch {args.batch}): median {unit['median']:.3f} s, fastest {unit['min']:.3f} s, "
