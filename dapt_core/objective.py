@@ -296,12 +296,17 @@ def _view_features(learner: PromptLearner, images: torch.Tensor, masks: torch.Te
 
     The full image always carries a graph (the CE term); the background view carries one only when the
     background term trains through it (active and not ``detach_background_view``); the foreground view never
-    does (the triplet and the foreground term detach it). The plain path gives every view a graph.
+    does (the triplet and the foreground term detach it). A learner without visual prompts (CoOp) has a frozen
+    image side, where no view has a graph to carry: its three views go through the tower in one call. The
+    plain path gives every view a graph.
     """
     batch = images.shape[0]
     fg, bg = decouple(images, masks)
     if not fast:
         return learner.encode_image(torch.cat([images, fg, bg])).split(batch)  # (3B, E) -> 3 x (B, E)
+    if getattr(learner, "n_visual_prompts", None) == 0:
+        with torch.no_grad():
+            return learner.encode_image(torch.cat([images, fg, bg])).split(batch)
     if "background" in active and not cfg.detach_background_view:
         image_features, bg_features = learner.encode_image(torch.cat([images, bg])).split(batch)
         with torch.no_grad():

@@ -196,14 +196,16 @@ def test_fast_dapt_losses_and_gradients_equal_the_plain_path(deep_backbone, kind
     assert_same_grads(results[True][1], results[False][1])
 
 
-@pytest.mark.parametrize("schedule,epoch,detach,expected", [
-    ("joint", 0, False, [(8, True), (4, False)]),  # background view trains: full + bg with a graph, fg without
-    ("joint", 0, True, [(4, True), (8, False)]),  # background view detached: only the full image has a graph
-    ("official", 0, False, [(4, True), (8, False)]),  # triplet phase: both views detached
+@pytest.mark.parametrize("kind,schedule,epoch,detach,expected", [
+    ("maple", "joint", 0, False, [(8, True), (4, False)]),  # background view trains: full + bg with a graph
+    ("maple", "joint", 0, True, [(4, True), (8, False)]),  # background view detached: only the full image
+    ("maple", "official", 0, False, [(4, True), (8, False)]),  # triplet phase: both views detached
+    ("coop", "joint", 0, False, [(12, False)]),  # a frozen image side: the three views in one call, no graph
+    ("coop", "official", 7, False, [(12, False)]),
 ])
-def test_views_the_losses_detach_run_without_autograd(tiny_backbone, monkeypatch, schedule, epoch, detach,
+def test_views_the_losses_detach_run_without_autograd(tiny_backbone, monkeypatch, kind, schedule, epoch, detach,
                                                       expected):
-    learner = make_learner(tiny_backbone, "maple", {})
+    learner = make_learner(tiny_backbone, kind, {})
     images, masks, labels = batch(tiny_backbone, 4)
     calls = view_calls(monkeypatch, learner)
     cfg = DaptConfig(cue="mask", schedule=schedule, detach_background_view=detach)

@@ -162,8 +162,10 @@ def test_background_prompts_never_enter_the_class_logits(tiny_backbone, kind, mo
     original = learner.encode_image
     monkeypatch.setattr(learner, "encode_image", lambda x: calls.append(x.shape[0]) or original(x))
     terms = dapt_losses(learner, images, masks, labels, epoch=0, cfg=cfg)
-    # full and background views in one call with autograd, the detached foreground view in one without
-    assert calls == [4, 2], "the views must go through the encoder batched (tests/test_fast_paths.py)"
+    # MaPLe: full and background views in one call with autograd, the detached foreground view in one without;
+    # CoOp (a frozen image side): the three views in one call
+    expected_calls = [6] if kind == "coop" else [4, 2]
+    assert calls == expected_calls, "the views must go through the encoder batched (tests/test_fast_paths.py)"
     assert set(terms) == {"ce", "triplet", "foreground", "background", "total"}
     expected = terms["ce"] + 0.8 * terms["triplet"] + 0.1 * terms["foreground"] + 0.5 * terms["background"]
     assert torch.allclose(terms["total"], expected)
