@@ -271,7 +271,7 @@ def active_terms(learner: PromptLearner, epoch: int, cfg: DaptConfig, epochs: in
     triplet term that nothing learned reaches when it is the only one.
 
     The triplet term reaches the prompts only through the whole image's features (both views are detached). A
-    learner without visual prompts (CoOp) has a frozen image side, so there the term is a constant: its
+    learner with a frozen image side (CoOp; :attr:`PromptLearner.learns_image_side`) makes it a constant: its
     gradient is zero, and leaving it out changes no gradient and no learned prompt. Where it is the only term
     (the official schedule's first phase over CoOp) the step then needs no view at all, and a run's Grad-CAM
     cue need not be refreshed for that epoch (:func:`needs_views`). Beside other terms it costs nothing more
@@ -279,10 +279,14 @@ def active_terms(learner: PromptLearner, epoch: int, cfg: DaptConfig, epochs: in
     code does.
     """
     active = {k: w for k, w in loss_weights(epoch, cfg, epochs).items() if w > 0}
-    # a learner that does not say it has no visual prompts is taken to learn its image side
-    if fast and set(active) == {"triplet"} and getattr(learner, "n_visual_prompts", None) == 0:
+    if fast and set(active) == {"triplet"} and not _learns_image_side(learner):
         return {}
     return active
+
+
+def _learns_image_side(learner: PromptLearner) -> bool:
+    # a learner that does not say its image side is frozen is taken to learn it
+    return getattr(learner, "learns_image_side", True)
 
 
 def needs_views(learner: PromptLearner, epoch: int, cfg: DaptConfig, epochs: int | None = None) -> bool:
@@ -304,7 +308,7 @@ def _view_features(learner: PromptLearner, images: torch.Tensor, masks: torch.Te
     fg, bg = decouple(images, masks)
     if not fast:
         return learner.encode_image(torch.cat([images, fg, bg])).split(batch)  # (3B, E) -> 3 x (B, E)
-    if getattr(learner, "n_visual_prompts", None) == 0:
+    if not _learns_image_side(learner):
         with torch.no_grad():
             return learner.encode_image(torch.cat([images, fg, bg])).split(batch)
     if "background" in active and not cfg.detach_background_view:

@@ -318,7 +318,7 @@ def _check_run(learner: PromptLearner, samples: list[Sample], val_samples: list[
     if cfg.selection == "best_val" and not val_samples:
         log.warning("model selection best_val has no validation images: the last epoch's prompts are kept")
     warn_unreached_terms(dapt, cfg.epochs)
-    if dapt.enabled and dapt.triplet_weight > 0 and learner.n_visual_prompts == 0:
+    if dapt.enabled and dapt.triplet_weight > 0 and not learner.learns_image_side:
         log.info("DAPT over %s: no visual prompts, so the triplet term's gradient is zero; it is not computed, "
                  "and an epoch with no other term runs as plain %s", learner.kind, learner.kind)
 

@@ -118,3 +118,13 @@ def test_plain_prompts_too_short_for_the_deep_prompts_are_refused(tiny_backbone)
     with pytest.raises(PromptError, match="too long"):
         learner.plain_prompt_features([" ".join(["sky"] * 80)])
     assert learner.plain_prompt_features(["blue sky"]).shape == (1, tiny_backbone.embed_dim)
+
+
+@pytest.mark.parametrize("kind", list_learners())
+def test_learns_image_side_says_whether_a_learned_tensor_reaches_the_image_features(tiny_backbone, kind):
+    learner = build_learner(kind, tiny_backbone, ["cat", "dog"])
+    images = torch.randn(2, 3, tiny_backbone.image_size, tiny_backbone.image_size)
+    with torch.enable_grad():
+        reached = learner.encode_image(images).requires_grad
+    assert learner.learns_image_side == reached
+    assert learner.learns_image_side == (kind == "maple")

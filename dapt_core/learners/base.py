@@ -183,6 +183,12 @@ class PromptLearner(nn.Module):
         """(B, E) normalised image features of (B, 3, H, W) normalised images."""
         raise NotImplementedError
 
+    @property
+    def learns_image_side(self) -> bool:
+        """Whether a learned tensor reaches the image features (MaPLe's visual prompts); False for a frozen image
+        tower (CoOp), whose features no loss can train. A learner with other image-side parameters overrides it."""
+        return self.n_visual_prompts > 0
+
     def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
         """(B, C) scaled cosine similarities."""
         return self.backbone.logit_scale * image_features @ text_features.t()
