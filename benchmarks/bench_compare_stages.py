@@ -1,7 +1,7 @@
 """Where the time of one ``/compare`` goes, without the web server: ``analyze`` stage by stage, then the app's
 ``present`` (the pictures shrunk for the browser, the overlays, and the comparison figure drawn and saved as PNG).
 
-    python benchmarks/bench_compare_stages.py [--reps 3] [--classes 10]
+    python benchmarks/bench_compare_stages.py [--reps 3] [--classes 10] [--device cpu|cuda]
 
 Two random CoOp prompt sets on ``ViT-B-16-random``, one 480 x 640 picture, segmenter ``cam``, Grad-CAM: the
 app's default comparison. One untimed call first (it encodes the class prompts, which later calls reuse),
@@ -37,9 +37,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda: where the model runs")
     args = parser.parse_args()
     load_before = list(os.getloadavg())
-    backbone = load_backbone(BACKBONE, device="cpu")
+    backbone = load_backbone(BACKBONE, device=args.device)
     names = [f"class {i}" for i in range(args.classes)]
     sets = []
     for seed in range(2):
@@ -62,7 +63,7 @@ def main() -> None:
     medians = {name: statistics.median(values) for name, values in stages.items()}
     for name, seconds in medians.items():
         print(f"{name:8s}: {seconds:7.3f} s  ({seconds / medians['all']:.0%} of analyze + present)")
-    print(json.dumps({"backbone": BACKBONE, "classes": args.classes, "reps": args.reps,
+    print(json.dumps({"backbone": BACKBONE, "device": str(backbone.device), "classes": args.classes, "reps": args.reps,
                       "threads": torch.get_num_threads(), "load_average_before": load_before,
                       "load_average_after": list(os.getloadavg()),
                       "median_s": {k: round(v, 3) for k, v in medians.items()}}))
