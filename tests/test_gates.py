@@ -270,3 +270,109 @@ def test_accuracy_scores_every_batch_against_its_own_labels():
     assert bias_gates.accuracy(Reader(1), scenes, batch_size=3) == 0.0
     wrong_last = LabelledScenes(images, scenes.masks, np.array([0, 2, 1, 1, 0, 2, 0]))
     assert bias_gates.accuracy(Reader(0), wrong_last, batch_size=3) == pytest.approx(600 / 7)
+
+
+def test_control_repeats_draw_other_scenes_and_repeat_zero_is_the_single_pair_stream():
+    from dapt_core.experiments.bias_gates import control_seed
+
+    first = control_scenes(WORLD, "background", shots=8, seed=3, size=SIZE)
+    again = control_scenes(WORLD, "background", shots=8, seed=3, size=SIZE, repeat=0)
+    other = control_scenes(WORLD, "background", shots=8, seed=3, size=SIZE, repeat=1)
+    assert _objects(first) == _objects(again) and first.backgrounds == again.backgrounds
+    assert _objects(other) != _objects(first)  # 24 draws of 3 objects: equal by chance about once in 3**24
+    assert control_seed(3, 0) == 3
+    seeds = [control_seed(3, r) for r in range(1, 4)]
+    assert len(set(seeds)) == 3 and 3 not in seeds and seeds == [control_seed(3, r) for r in range(1, 4)]
+
+
+def test_registrations_are_data_and_v1_is_the_seed_7_settings():
+    from dapt_core.experiments.gate_thresholds import DEFAULT_REGISTRATION, REGISTRATIONS, GateSettings
+
+    assert REGISTRATIONS["v1"] == SETTINGS == GateSettings() and DEFAULT_REGISTRATION == "v1"
+    assert (SETTINGS.control_repeats, SETTINGS.attention_metric, SETTINGS.cam_method) == (1, "energy_share", "gradcam")
+    v2 = REGISTRATIONS["v2"]
+    assert (v2.control_repeats, v2.cam_method, v2.attention_metric) == (3, "gradcam++", "energy_share")
+    # v2 changes the attention gate only: every other setting is v1's
+    assert replace(v2, control_repeats=1, cam_method="gradcam", attention_metric="energy_share") == SETTINGS
+    assert (settings_dict(v2, THRESHOLDS)["registered"], settings_dict(v2, THRESHOLDS)["registration"]) == (True, "v2")
+    assert settings_dict(SETTINGS, THRESHOLDS)["registration"] == "v1"
+    assert settings_dict(replace(v2, shots=4), THRESHOLDS)["registration"] is None
+    with pytest.raises(ValueError, match="attention_metric"):
+        GateSettings(attention_metric="share")
+    with pytest.raises(ValueError, match="control_repeats"):
+        GateSettings(control_repeats=0)
+
+
+def test_attention_gate_text_names_its_metric():
+    rows = verdicts(_measured())  # a v1 measurement carries no metric fields: v1's words
+    assert rows[-1]["threshold"] == "95% interval of balanced - background energy share above 0"
+    measured = _measured()
+    measured["attention"].update(metric="pointing", cam_method="relevance", control_repeats=3)
+    assert verdicts(measured)[-1]["threshold"] == ("95% interval of balanced - background relevance pointing game "
+                                                   "over 3 control pairs above 0")
+
+
+def test_attention_is_averaged_over_control_pairs_before_the_difference(monkeypatch):
+    from dapt_core.experiments import bias_gates
+    from dapt_core.experiments.bias_worlds import DownstreamTask, LabelledScenes
+
+    n = 4
+    conflicting = LabelledScenes(np.zeros((n, SIZE, SIZE, 3), np.uint8), np.ones((n, SIZE, SIZE), bool),
+                                 np.arange(n) % 3)
+    task = DownstreamTask(WORLD.classnames, conflicting, {"test_conflicting": conflicting}, "fake")
+    # balanced pair r puts share 0.1 * (r + 1) + 0.01 * scene on the object, background pair r puts 0.05 * r;
+    # pointing hits: balanced 1 on even scenes, background 1 on scene 0 of pair 0 only
+    monkeypatch.setattr(bias_gates, "train_coop", lambda backbone, names, scenes, seed, settings: (scenes.kind, seed))
+    monkeypatch.setattr(bias_gates, "control_scenes", lambda world, kind, shots, seed, size, repeat: type(
+        "S", (), {"kind": (kind, repeat)})())
+    monkeypatch.setattr(bias_gates, "accuracy", lambda learner, scenes: 10.0 * (learner[0][1] + 1))
+
+    def attention(learner, scenes, method):
+        (kind, repeat), _ = learner
+        assert method == "legrad"
+        if kind == "balanced":
+            return 0.1 * (repeat + 1) + 0.01 * np.arange(n), (np.arange(n) % 2 == 0).astype(float)
+        return np.full(n, 0.05 * repeat), np.array([1.0 if repeat == 0 else 0.0, 0, 0, 0])
+
+    monkeypatch.setattr(bias_gates, "attention_per_scene", attention)
+    backbone = type("B", (), {"image_size": SIZE})()
+    settings = replace(SETTINGS, control_repeats=3, cam_method="legrad", attention_metric="pointing")
+    out = bias_gates.measure_attention(backbone, WORLD, task, 5, settings)
+    # shares: balanced 0.2 + 0.01 * scene, background 0.05 -> difference 0.15 + 0.01 * scene, mean 0.165
+    assert out["energy_share_difference"] == pytest.approx(0.165)
+    assert out["balanced_energy_share"] == pytest.approx(0.215)
+    assert out["background_energy_share"] == pytest.approx(0.05)
+    # pointing: balanced [1, 0, 1, 0], background [1/3, 0, 0, 0] -> difference [2/3, 0, 1, 0], mean 5/12
+    assert out["pointing_difference"] == pytest.approx(5 / 12, abs=1e-4)
+    assert out["difference"] == out["pointing_difference"] and out["difference_ci"] == out["pointing_difference_ci"]
+    assert out["balanced_accuracy_conflicting"] == pytest.approx(20.0)  # mean of 10, 20, 30
+    assert (out["metric"], out["cam_method"], out["control_repeats"], out["n"]) == ("pointing", "legrad", 3, n)
+
+
+def test_gates_command_names_a_v2_run_apart_and_spells_the_registration(tmp_path, capsys):
+    argv = ["bench", "gates", "--backbone", "tiny-vit", "--per-class", "2", "--n-classes", "3", "--shots", "1",
+            "--n-test", "2", "--epochs", "1", "--out", str(tmp_path)]
+    assert main(argv + ["--registration", "v2"]) == 0
+    line = _last_json(capsys.readouterr().out)
+    assert line["registered"] is False and line["registration"] is None
+    saved = json.loads((tmp_path / "bias_suite_gates_v2_tiny-vit_seed1.json").read_text())
+    assert saved["command"].endswith("--shots 1 --n-test 2 --epochs 1 --registration v2 --n-classes 3")
+    assert saved["attention"]["control_repeats"] == 3 and saved["settings"]["control_repeats"] == 3
+    assert "averaged over 3 control pairs" in (tmp_path / "bias_suite_gates_v2_tiny-vit_seed1.md").read_text()
+    assert main(argv) == 0  # v1, the default: the command line as v1 recorded it, no flag
+    saved = json.loads((tmp_path / "bias_suite_gates_tiny-vit_seed1.json").read_text())
+    assert saved["command"].endswith("--shots 1 --n-test 2 --epochs 1 --n-classes 3")
+    assert saved["attention"]["control_repeats"] == 1
+
+
+def test_each_registration_has_its_own_card_block():
+    from dapt_core.experiments.background_shift_report import replace_marked
+    from dapt_core.experiments.bias_report import CARD_MARKERS, card_markers
+
+    assert card_markers({}) == card_markers({"registration": "v1"}) == CARD_MARKERS
+    assert card_markers({"registration": None}) == CARD_MARKERS  # a run on some classes: no registration
+    start, end = card_markers({"registration": "v2"})
+    assert (start, end) == ("<!-- gates v2 verdict: start -->", "<!-- gates v2 verdict: end -->")
+    card = f"{CARD_MARKERS[0]}\nv1 verdict\n{CARD_MARKERS[1]}\nwritten before v2\n{start}\n{end}\n"
+    text = replace_marked(card, "v2 verdict", (start, end))
+    assert text == f"{CARD_MARKERS[0]}\nv1 verdict\n{CARD_MARKERS[1]}\nwritten before v2\n{start}\nv2 verdict\n{end}\n"

@@ -6,6 +6,8 @@
 - ``bench gates``: every gate of :mod:`dapt_core.experiments.gate_thresholds` measured and judged
   (:mod:`dapt_core.experiments.bias_gates`); writes ``<name>.json/.md`` and the suite's report as ``bench bias``
   would; prints a table of verdicts, then one JSON line.
+- ``bench headroom``: zero-shot, CoOp and linear-probe ceilings on the gates' downstream task
+  (:mod:`dapt_core.experiments.headroom_probe`); writes ``<name>.json/.md``, then one JSON line.
 
 The parser is built without torch; the thresholds module is plain dataclasses.
 """
@@ -13,12 +15,13 @@ The parser is built without torch; the thresholds module is plain dataclasses.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shlex
 
 from dapt_core import paths
 from dapt_core.cli.common import add_backbone_args, print_json
-from dapt_core.experiments.gate_thresholds import SETTINGS
+from dapt_core.experiments.gate_thresholds import DEFAULT_REGISTRATION, REGISTRATIONS, SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,20 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default=None, help="file stem; default: bias_suite[_gates]_<backbone>_seed<S>")
 
 
+def _task_args(p: argparse.ArgumentParser) -> None:
+    """The downstream task's size and CoOp's epochs (``bench gates`` and ``bench headroom``)."""
+    p.add_argument("--shots", type=int, default=SETTINGS.shots, help="training scenes per class; default: %(default)s")
+    p.add_argument("--n-test", type=int, default=SETTINGS.n_test,
+                   help="test scenes per class and split; default: %(default)s")
+    p.add_argument("--epochs", type=int, default=SETTINGS.epochs, help="training epochs; default: %(default)s")
+
+
+def _check_positive(args: argparse.Namespace, flags: tuple[str, ...]) -> None:
+    for flag in flags:
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+
+
 def add_bias_parser(bsub: argparse._SubParsersAction) -> None:
     """Adds ``bias`` and ``gates`` to the ``bench`` sub-commands."""
     p = bsub.add_parser("bias", help="ImageNet-9-style background-bias suite of a backbone",
@@ -61,11 +78,23 @@ def add_bias_parser(bsub: argparse._SubParsersAction) -> None:
                                     "of dapt_core/experiments/gate_thresholds.py. Writes <name>.json/.md; prints "
                                     "the verdicts, then one JSON line.")
     _common(p)
-    p.add_argument("--shots", type=int, default=SETTINGS.shots, help="training scenes per class; default: %(default)s")
-    p.add_argument("--n-test", type=int, default=SETTINGS.n_test,
-                   help="test scenes per class and split; default: %(default)s")
-    p.add_argument("--epochs", type=int, default=SETTINGS.epochs, help="training epochs; default: %(default)s")
+    _task_args(p)
+    p.add_argument("--registration", choices=tuple(REGISTRATIONS), default=DEFAULT_REGISTRATION,
+                   help="which registered settings (dapt_core/experiments/gate_thresholds.py REGISTRATIONS): v1, the "
+                        "first; v2, the attention gate over three control pairs with the metric chosen on development "
+                        "seeds; default: %(default)s, so that older command lines rerun as they ran")
     p.set_defaults(func=run_bench_gates)
+
+    p = bsub.add_parser("headroom", help="zero-shot, CoOp and linear-probe ceilings on a world's downstream task",
+                        description="How much room the downstream task of the gates leaves a text-side prompt learner: "
+                                    "zero-shot, CoOp (trained as the gates train it, with its loss per epoch), a "
+                                    "linear probe on the task's shots and one on many balanced scenes, on every "
+                                    "test split. Writes <name>.json/.md; the last stdout line is one JSON object.")
+    _common(p)
+    _task_args(p)
+    p.add_argument("--probe-per-class", type=int, default=200,
+                   help="balanced scenes per class for the ceiling probe; default: %(default)s")
+    p.set_defaults(func=run_bench_headroom)
 
     p = bsub.add_parser("gates-card", help="copy a gates verdict into a model card",
                         description="Replace the lines between the card's gates-verdict markers with the verdict, "
@@ -87,6 +116,8 @@ def _command(args: argparse.Namespace, sub: str, extra: tuple[str, ...] = ()) ->
     parts = ["python -m dapt_core bench", sub, "--backbone", args.backbone, "--world", _world(args),
              "--seed", str(args.seed), "--per-class", str(args.per_class)]
     for flag in extra:
+        if flag == "registration" and args.registration == "v1":
+            continue  # v1 (the default) was recorded without the flag; its command lines stay the same string
         parts += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     if args.n_classes is not None:
         parts += ["--n-classes", str(args.n_classes)]
@@ -145,36 +176,57 @@ def run_bench_gates(args: argparse.Namespace) -> int:
     from dapt_core.experiments.bias_gates import run_gates
     from dapt_core.experiments.bias_report import write_gates
 
-    for flag in ("shots", "n_test", "epochs"):
-        if getattr(args, flag) < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    settings = replace(SETTINGS, suite_per_class=args.per_class, shots=args.shots, n_test=args.n_test,
-                       epochs=args.epochs)
+    _check_positive(args, ("shots", "n_test", "epochs"))
+    settings = replace(REGISTRATIONS[args.registration], suite_per_class=args.per_class, shots=args.shots,
+                       n_test=args.n_test, epochs=args.epochs)
     world = _world(args)
     backbone = _setup(args)
     suite, suite_stem = _suite(args, backbone)  # the suite's own report as `bench bias` writes it, from the same scenes
     result = run_gates(backbone, world, args.seed, settings=settings, n_classes=args.n_classes, suite=suite)
-    stem = args.name or f"bias_suite_gates_{backbone.name}_seed{args.seed}"
-    written = write_gates(result, args.out, stem, _command(args, "gates", ("shots", "n_test", "epochs")),
-                          suite_stem)
+    version = "" if args.registration == "v1" else f"_{args.registration}"  # v1's files kept their first names
+    stem = args.name or f"bias_suite_gates{version}_{backbone.name}_seed{args.seed}"
+    command = _command(args, "gates", ("shots", "n_test", "epochs", "registration"))
+    written = write_gates(result, args.out, stem, command, suite_stem)
     log.info("wrote %s", ", ".join(written.values()))
     verdict = {True: "pass", False: "FAIL", None: "not measured"}
     for row in result["gates"]:
         print(f"{row['gate']:<22} {verdict[row['passed']]:<12} measured {row['measured']}  ({row['threshold']})")
     print_json({"backbone": result["backbone"], "pretrained": result["pretrained"], "world": world,
-                "seed": args.seed, "registered": result["registered"], "passed": result["passed"],
+                "seed": args.seed, "registered": result["registered"], "registration": result["registration"],
+                "passed": result["passed"],
                 "gates": {row["gate"]: {"measured": row["measured"], "passed": row["passed"]}
                           for row in result["gates"]}})
     return 0
 
 
+def run_bench_headroom(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+    from pathlib import Path
+
+    from dapt_core.experiments.headroom_probe import probe_markdown, run_probe
+    from dapt_core.fileio import write_bytes_atomic
+
+    _check_positive(args, ("shots", "n_test", "epochs", "probe_per_class"))
+    backbone = _setup(args)
+    result = run_probe(backbone, _world(args), args.seed, shots=args.shots, n_test=args.n_test,
+                       probe_per_class=args.probe_per_class, settings=replace(SETTINGS, epochs=args.epochs),
+                       n_classes=args.n_classes)
+    command = _command(args, "headroom", ("shots", "n_test", "epochs", "probe_per_class"))
+    stem = Path(args.out) / (args.name or f"headroom_probe_{backbone.name}_seed{args.seed}")
+    record = json.dumps({**result, "command": command}, indent=1) + "\n"
+    write_bytes_atomic(stem.with_suffix(".json"), record.encode())
+    write_bytes_atomic(stem.with_suffix(".md"), probe_markdown(result, command).encode())
+    log.info("wrote %s.json and .md", stem)
+    print_json(result)
+    return 0
+
+
 def run_gates_card(args: argparse.Namespace) -> int:
-    import json
     import os
     from pathlib import Path
 
     from dapt_core.experiments.background_shift_report import replace_marked
-    from dapt_core.experiments.bias_report import CARD_MARKERS, card_block
+    from dapt_core.experiments.bias_report import card_block, card_markers
     from dapt_core.fileio import write_bytes_atomic
 
     result_path, card = Path(args.result), Path(args.card)
@@ -189,7 +241,7 @@ def run_gates_card(args: argparse.Namespace) -> int:
     figure = result_path.parent / f"bias_suite_{result['backbone']}_seed{result['seed']}.png"
     relative = {p: Path(os.path.relpath(p.resolve(), card.resolve().parent)).as_posix() for p in (result_path, figure)}
     block = card_block(result, relative[result_path], relative[figure] if figure.exists() else None)
-    text = replace_marked(card.read_text(encoding="utf-8"), block, CARD_MARKERS)
+    text = replace_marked(card.read_text(encoding="utf-8"), block, card_markers(result))
     write_bytes_atomic(card, text.encode("utf-8"))
     print_json({"card": str(card), "result": str(result_path), "passed": result["passed"]})
     return 0

@@ -30,7 +30,14 @@ import torch
 
 from dapt_core.experiments.bias_suite import SuiteWorld, classified_correctly, learner_classifier, paired_interval
 from dapt_core.experiments.bias_worlds import TEST_SPLITS, DownstreamTask, LabelledScenes
-from dapt_core.experiments.gate_thresholds import SETTINGS, THRESHOLDS, GateSettings, GateThresholds
+from dapt_core.experiments.gate_thresholds import (
+    ATTENTION_METRICS,
+    SETTINGS,
+    THRESHOLDS,
+    GateSettings,
+    GateThresholds,
+    registration_of,
+)
 from dapt_core.preprocess import normalize_pixels
 
 log = logging.getLogger(__name__)
@@ -39,16 +46,18 @@ CONTROL_KINDS = ("balanced", "background")
 CONTROL_STREAM = 231  # spawn key of the control scenes' stream (the suite uses 221)
 
 
-def control_scenes(world: SuiteWorld, kind: str, shots: int, seed: int, size: int) -> LabelledScenes:
+def control_scenes(world: SuiteWorld, kind: str, shots: int, seed: int, size: int, repeat: int = 0) -> LabelledScenes:
     """``shots`` training scenes per label for one control prompt set.
 
     ``balanced``: the label's own object on a background drawn uniformly from every home background of the world;
     ``background``: an object of a uniformly drawn class (any, the label's own included) on one of the label's
-    home backgrounds, so only the background tells the label.
+    home backgrounds, so only the background tells the label. ``repeat`` > 0 draws another, independent set of the
+    same kind from the same seed (repeat 0 is the stream every single-pair run used).
     """
     if kind not in CONTROL_KINDS:
         raise ValueError(f"kind: unknown control {kind!r}; choose from {', '.join(CONTROL_KINDS)}")
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(CONTROL_STREAM, CONTROL_KINDS.index(kind))))
+    key = (CONTROL_STREAM, CONTROL_KINDS.index(kind)) + ((repeat,) if repeat else ())
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=key))
     everywhere = world.backgrounds
     items = []
     for label, name in enumerate(world.classnames):
@@ -61,6 +70,14 @@ def control_scenes(world: SuiteWorld, kind: str, shots: int, seed: int, size: in
             parts = world.render(obj, bg, size, rng)
             items.append((parts.image, parts.mask, label, bg))
     return LabelledScenes.stack(items)
+
+
+def control_seed(seed: int, repeat: int) -> int:
+    """The training seed of control pair ``repeat`` of a run seeded ``seed`` (repeat 0: ``seed`` itself)."""
+    if repeat == 0:
+        return seed
+    state = np.random.SeedSequence(seed, spawn_key=(CONTROL_STREAM, len(CONTROL_KINDS), repeat)).generate_state(1)
+    return int(state[0] % 2**31)
 
 
 def _write_samples(scenes: LabelledScenes, classnames: tuple[str, ...], root: Path) -> list:
@@ -79,8 +96,9 @@ def _write_samples(scenes: LabelledScenes, classnames: tuple[str, ...], root: Pa
 
 
 def train_coop(backbone, classnames: tuple[str, ...], scenes: LabelledScenes | None, seed: int,
-               settings: GateSettings = SETTINGS):
-    """A CoOp learner from "a photo of a", trained on ``scenes`` (None: left untrained, i.e. zero-shot CLIP)."""
+               settings: GateSettings = SETTINGS, history: list | None = None):
+    """A CoOp learner from "a photo of a", trained on ``scenes`` (None: left untrained, i.e. zero-shot CLIP);
+    ``history``, when given, receives the training's per-epoch records (:func:`dapt_core.train.train_prompts`)."""
     from dapt_core.constants import ZERO_SHOT_CONTEXT
     from dapt_core.learners import build_learner
     from dapt_core.objective import DaptConfig
@@ -93,7 +111,9 @@ def train_coop(backbone, classnames: tuple[str, ...], scenes: LabelledScenes | N
                           crop_min=settings.crop_min, selection="last")
         with tempfile.TemporaryDirectory(prefix="dapt-gates-") as tmp:
             samples = _write_samples(scenes, classnames, Path(tmp))
-            train_prompts(learner, samples, cfg, DaptConfig(cue="off"), progress=False)
+            records = train_prompts(learner, samples, cfg, DaptConfig(cue="off"), progress=False)
+        if history is not None:
+            history.extend(records)
     learner.eval()
     return learner
 
@@ -146,21 +166,36 @@ def measure_headroom(backbone, task: DownstreamTask, seed: int, settings: GateSe
 
 def measure_attention(backbone, world: SuiteWorld, task: DownstreamTask, seed: int,
                       settings: GateSettings = SETTINGS) -> dict:
-    """Both control prompt sets' energy share on the task's conflicting scenes, and their paired difference."""
+    """The control prompt sets' attention on the task's conflicting scenes, and their paired difference.
+
+    ``settings.control_repeats`` pairs are drawn and trained (:func:`control_scenes` ``repeat``, :func:`control_seed`);
+    each scene's energy share and pointing hit are averaged over the pairs of a kind, then the difference balanced -
+    background of ``settings.attention_metric`` gives ``difference`` and its paired 95% ``difference_ci``.
+    """
     if tuple(world.classnames) != tuple(task.classnames):
         raise ValueError("the world's classes and the task's differ; the controls must label scenes as the task does")
     conflicting = task.tests["test_conflicting"]
-    out: dict = {}
-    shares = {}
-    for kind in CONTROL_KINDS:
-        scenes = control_scenes(world, kind, settings.shots, seed, backbone.image_size)
-        learner = train_coop(backbone, world.classnames, scenes, seed, settings)
-        shares[kind], hits = attention_per_scene(learner, conflicting, settings.cam_method)
-        out[f"{kind}_energy_share"] = round(float(np.nanmean(shares[kind])), 4)
+    runs: dict[str, list] = {kind: [] for kind in CONTROL_KINDS}
+    for repeat in range(settings.control_repeats):
+        for kind in CONTROL_KINDS:
+            scenes = control_scenes(world, kind, settings.shots, seed, backbone.image_size, repeat)
+            learner = train_coop(backbone, world.classnames, scenes, control_seed(seed, repeat), settings)
+            runs[kind].append((*attention_per_scene(learner, conflicting, settings.cam_method),
+                               accuracy(learner, conflicting)))
+    out: dict = {"metric": settings.attention_metric, "cam_method": settings.cam_method,
+                 "control_repeats": settings.control_repeats}
+    per_scene = {}
+    for kind, found in runs.items():
+        shares, hits = (np.nanmean(np.stack([f[i] for f in found]), axis=0) for i in (0, 1))
+        per_scene[kind] = {"energy_share": shares, "pointing": hits}
+        out[f"{kind}_energy_share"] = round(float(np.nanmean(shares)), 4)
         out[f"{kind}_pointing"] = round(float(hits.mean()), 4)
-        out[f"{kind}_accuracy_conflicting"] = round(accuracy(learner, conflicting), 2)
-    mean, low, high = paired_interval(shares["balanced"] - shares["background"])
-    out.update(difference=round(mean, 4), difference_ci=[round(low, 4), round(high, 4)],
+        out[f"{kind}_accuracy_conflicting"] = round(float(np.mean([f[2] for f in found])), 2)
+    for metric in ATTENTION_METRICS:
+        mean, low, high = paired_interval(per_scene["balanced"][metric] - per_scene["background"][metric])
+        out[f"{metric}_difference"], out[f"{metric}_difference_ci"] = round(mean, 4), [round(low, 4), round(high, 4)]
+    out.update(difference=out[f"{settings.attention_metric}_difference"],
+               difference_ci=out[f"{settings.attention_metric}_difference_ci"],
                area_share=round(float(conflicting.masks.mean()), 4), n=int(len(conflicting.labels)))
     return out
 
@@ -190,12 +225,23 @@ def verdicts(measured: dict, thresholds: GateThresholds = THRESHOLDS) -> list[di
         ("headroom_coop_gain", gain, f">= {t.headroom_coop_gain_min:g} points on {split}",
          lambda v: v >= t.headroom_coop_gain_min),
         ("attention_separation", att["difference_ci"] if att else None,
-         f"95% interval of balanced - background energy share above {t.attention_separation_min:g}",
+         f"95% interval of balanced - background {_metric_words(att)} above {t.attention_separation_min:g}",
          lambda v: v[0] > t.attention_separation_min),
     ]
     return [{"gate": gate, "measured": value, "threshold": rule,
              "passed": None if value is None else bool(test(value))}
             for gate, value, rule, test in rows]
+
+
+def _metric_words(att: dict | None) -> str:
+    """How the threshold names the attention metric: v1's words for its energy share of Grad-CAM; the method too
+    when another map is registered, and "over N control pairs" when there are several."""
+    att = att or {}
+    words = {"energy_share": "energy share", "pointing": "pointing game"}[att.get("metric", "energy_share")]
+    if att.get("cam_method", "gradcam") != "gradcam":
+        words = f"{att['cam_method']} {words}"
+    repeats = att.get("control_repeats", 1)
+    return words if repeats == 1 else f"{words} over {repeats} control pairs"
 
 
 def overall(rows: list[dict]) -> bool | None:
@@ -207,9 +253,10 @@ def overall(rows: list[dict]) -> bool | None:
 
 
 def settings_dict(settings: GateSettings, thresholds: GateThresholds) -> dict:
-    """The settings and thresholds of a run, and whether they are the registered ones."""
-    return {"settings": asdict(settings), "thresholds": asdict(thresholds),
-            "registered": settings == SETTINGS and thresholds == THRESHOLDS}
+    """The settings and thresholds of a run, whether they are a registered set, and which (``registration``)."""
+    name = registration_of(settings) if thresholds == THRESHOLDS else None
+    return {"settings": asdict(settings), "thresholds": asdict(thresholds), "registered": name is not None,
+            "registration": name}
 
 
 def run_gates(backbone, world: str, seed: int, *, settings: GateSettings = SETTINGS,
@@ -241,7 +288,8 @@ def run_gates(backbone, world: str, seed: int, *, settings: GateSettings = SETTI
     log.info("attention: %s", measured["attention"])
     rows = verdicts(measured, thresholds)
     facts = settings_dict(settings, thresholds)
-    facts["registered"] = facts["registered"] and n_classes is None  # a verdict covers every class of the world
+    if n_classes is not None:  # a verdict covers every class of the world
+        facts.update(registered=False, registration=None)
     return {"backbone": backbone.name, "pretrained": backbone.pretrained, **_weights(backbone), "world": world,
             "seed": seed, "n_classes": len(suite_world.classnames), "task": task.description, **facts, **measured,
             "gates": rows, "passed": overall(rows), "seconds": round(time.perf_counter() - started, 1)}

@@ -24,7 +24,16 @@ SHOWN = {  # variant -> what the model is shown, for the table
 }
 EXAMPLES = 3  # scenes shown in the figure
 VERDICT = {True: "pass", False: "FAIL", None: "not measured"}
-CARD_MARKERS = ("<!-- gates verdict: start -->", "<!-- gates verdict: end -->")
+CARD_MARKERS = ("<!-- gates verdict: start -->", "<!-- gates verdict: end -->")  # registration v1's block
+
+
+def card_markers(result: dict) -> tuple[str, str]:
+    """The card's marker pair for a result's registration: v1 (or a run before registrations had names, or none)
+    keeps the first pair; another registration has its own block, so no verdict overwrites another's."""
+    name = result.get("registration") or "v1"
+    if name == "v1":
+        return CARD_MARKERS
+    return f"<!-- gates {name} verdict: start -->", f"<!-- gates {name} verdict: end -->"
 
 
 def suite_markdown(result: dict, figure_name: str | None, command: str | None) -> str:
@@ -102,7 +111,10 @@ def card_block(result: dict, result_path: str, figure_path: str | None) -> str:
     """The model card's verdict block, from a ``bench gates`` result (paths relative to the card)."""
     suite, head = result["suite"], result["headroom"]
     split = result["thresholds"]["headroom_split"]
-    lines = [f"### Measured verdict: seed {result['seed']}", "",
+    name = result.get("registration") or "v1"
+    title = f"Measured verdict: seed {result['seed']}" if name == "v1" else \
+        f"Measured verdict of registration {name}: seed {result['seed']}"
+    lines = [f"### {title}", "",
              f"Copied from `{result_path}` by `python -m dapt_core bench gates-card`; the run: "
              f"`{result.get('command') or 'python -m dapt_core bench gates'}` ({result['seconds']:.0f} s, weights "
              f"sha256 `{(result.get('weights_sha256') or 'none')[:16]}...`). "
@@ -139,7 +151,7 @@ def gates_markdown(result: dict, command: str | None, suite_stem: str | None = N
     for split in ("test_aligned", "test_balanced", "test_conflicting"):
         lines.append(f"| {split} | {head[f'zero_shot_{split}']:.2f} | {head[f'coop_{split}']:.2f} |")
     lo, hi = att["difference_ci"]
-    lines += ["", f"Control prompt sets on the task's {att['n']} conflicting scenes (Grad-CAM of the true class; the "
+    lines += ["", f"Control prompt sets on the task's {att['n']} conflicting scenes ({_controls_words(att)}; the "
               f"object covers {att['area_share']:.3f} of the image on average):", "",
               "| control | energy share on the object | pointing game | accuracy (%) |", "|---|---|---|---|"]
     for kind in ("balanced", "background"):
@@ -147,12 +159,26 @@ def gates_markdown(result: dict, command: str | None, suite_stem: str | None = N
                      f"{att[f'{kind}_accuracy_conflicting']:.2f} |")
     lines += ["", f"Difference balanced - background: {att['difference']:.4f} (paired 95% interval [{lo:.4f}, "
               f"{hi:.4f}]). Run time {result['seconds']:.0f} s.", ""]
+    others = [m for m in ("energy_share", "pointing") if f"{m}_difference_ci" in att and m != att.get("metric")]
+    for metric in others:  # the metric the gate does not read, for information
+        low, high = att[f"{metric}_difference_ci"]
+        lines += [f"Not gated: the same difference in {metric.replace('_', ' ')}, {att[f'{metric}_difference']:.4f} "
+                  f"[{low:.4f}, {high:.4f}].", ""]
     if command:
         lines += [f"Command: `{command}`", ""]
     if suite_stem:
         lines += [f"The bias suite's own report: [`{suite_stem}.md`]({suite_stem}.md).", "",
                   f"![bias suite]({suite_stem}.png)", ""]
     return "\n".join(lines)
+
+
+def _controls_words(att: dict) -> str:
+    """What the control table measures: the map, its target, and over how many control pairs (v1: one, Grad-CAM)."""
+    method = "Grad-CAM" if att.get("cam_method", "gradcam") == "gradcam" else att["cam_method"]
+    repeats = att.get("control_repeats", 1)
+    gated = {"energy_share": "energy share", "pointing": "pointing game"}[att.get("metric", "energy_share")]
+    pooled = "" if repeats == 1 else f", each scene averaged over {repeats} control pairs"
+    return f"{method} of the true class{pooled}; the gate reads the {gated}"
 
 
 def write_suite(result: dict, out_dir: str | Path, stem: str, command: str | None, scenes: SuiteScenes | None = None,
