@@ -64,3 +64,19 @@ def test_headroom_command_on_a_tiny_model(tmp_path, capsys):
     assert "| linear probe on 3 balanced scenes per class |" in report and saved["command"] in report
     assert main(argv[:-2] + ["--probe-per-class", "0", "--out", str(tmp_path / "no")]) == 2
     assert not (tmp_path / "no").exists()
+
+
+def test_headroom_command_trains_maple_against_the_same_zero_shot(tmp_path, capsys):
+    argv = ["bench", "headroom", "--backbone", "tiny-vit", "--n-classes", "3", "--shots", "1", "--n-test", "2",
+            "--epochs", "1", "--probe-per-class", "2", "--seed", "6", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    coop = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert main(argv + ["--learner", "maple"]) == 0
+    maple = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (coop["learner"], maple["learner"]) == ("coop", "maple") and "coop" not in maple
+    assert maple["zero_shot"] == coop["zero_shot"]  # zero-shot is untrained CoOp whichever learner is tuned
+    assert maple["probe_balanced"] == coop["probe_balanced"] and len(maple["maple"]["loss_per_epoch"]) == 1
+    saved = json.loads((tmp_path / "headroom_probe_maple_tiny-vit_seed6.json").read_text())
+    assert saved["command"].endswith("--probe-per-class 2 --learner maple --n-classes 3")
+    report = (tmp_path / "headroom_probe_maple_tiny-vit_seed6.md").read_text()
+    assert "| MaPLe, trained as the gates train CoOp |" in report

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 WORLD_CHOICES = ("auto", "synth", "web")  # auto: web for a synth-web backbone, else synth
 DEFAULT_THREADS = 1  # small models; on a shared CPU more threads mostly add contention
+UNSPELT_DEFAULTS = {"registration": "v1", "learner": "coop"}  # flags whose default a command line leaves out
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -94,6 +95,9 @@ def add_bias_parser(bsub: argparse._SubParsersAction) -> None:
     _task_args(p)
     p.add_argument("--probe-per-class", type=int, default=200,
                    help="balanced scenes per class for the ceiling probe; default: %(default)s")
+    p.add_argument("--learner", choices=("coop", "maple"), default="coop",
+                   help="the prompt learner trained on the task (zero-shot stays CoOp untrained); default: "
+                        "%(default)s")
     p.set_defaults(func=run_bench_headroom)
 
     p = bsub.add_parser("gates-card", help="copy a gates verdict into a model card",
@@ -116,8 +120,8 @@ def _command(args: argparse.Namespace, sub: str, extra: tuple[str, ...] = ()) ->
     parts = ["python -m dapt_core bench", sub, "--backbone", args.backbone, "--world", _world(args),
              "--seed", str(args.seed), "--per-class", str(args.per_class)]
     for flag in extra:
-        if flag == "registration" and args.registration == "v1":
-            continue  # v1 (the default) was recorded without the flag; its command lines stay the same string
+        if UNSPELT_DEFAULTS.get(flag, object()) == getattr(args, flag):
+            continue  # command lines recorded before the flag existed stay the same string
         parts += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
     if args.n_classes is not None:
         parts += ["--n-classes", str(args.n_classes)]
@@ -209,10 +213,12 @@ def run_bench_headroom(args: argparse.Namespace) -> int:
     _check_positive(args, ("shots", "n_test", "epochs", "probe_per_class"))
     backbone = _setup(args)
     result = run_probe(backbone, _world(args), args.seed, shots=args.shots, n_test=args.n_test,
-                       probe_per_class=args.probe_per_class, settings=replace(SETTINGS, epochs=args.epochs),
+                       probe_per_class=args.probe_per_class,
+                       settings=replace(SETTINGS, epochs=args.epochs, learner=args.learner),
                        n_classes=args.n_classes)
-    command = _command(args, "headroom", ("shots", "n_test", "epochs", "probe_per_class"))
-    stem = Path(args.out) / (args.name or f"headroom_probe_{backbone.name}_seed{args.seed}")
+    command = _command(args, "headroom", ("shots", "n_test", "epochs", "probe_per_class", "learner"))
+    learner = "" if args.learner == "coop" else f"{args.learner}_"
+    stem = Path(args.out) / (args.name or f"headroom_probe_{learner}{backbone.name}_seed{args.seed}")
     record = json.dumps({**result, "command": command}, indent=1) + "\n"
     write_bytes_atomic(stem.with_suffix(".json"), record.encode())
     write_bytes_atomic(stem.with_suffix(".md"), probe_markdown(result, command).encode())

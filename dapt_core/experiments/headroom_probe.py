@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from dapt_core.experiments.bias_worlds import TEST_SPLITS, DownstreamTask, Label
 
 log = logging.getLogger(__name__)
 
+LEARNER_TITLES = {"coop": "CoOp", "maple": "MaPLe"}
 PROBE_STREAM = 251  # the balanced probe set's seed is drawn from SeedSequence(seed, spawn_key=(PROBE_STREAM,))
 
 
@@ -94,25 +95,28 @@ def _zero_shot_accuracies(zero, task: DownstreamTask) -> dict:
     return found
 
 
-def _coop(backbone, task: DownstreamTask, seed: int, settings) -> dict:
-    """CoOp trained on the task as the gates train it: accuracies and the per-epoch training loss."""
+def _tuned(backbone, task: DownstreamTask, seed: int, settings) -> dict:
+    """``settings.learner`` trained on the task as the gates train CoOp: accuracies and the per-epoch loss."""
     from dapt_core.experiments.bias_gates import accuracy, train_coop
 
     history: list[dict] = []
-    coop = train_coop(backbone, task.classnames, task.train, seed, settings, history=history)
-    found = {"train": round(accuracy(coop, task.train), 2)}
-    found.update({split: round(accuracy(coop, task.tests[split]), 2) for split in TEST_SPLITS})
+    tuned = train_coop(backbone, task.classnames, task.train, seed, settings, history=history)
+    found = {"train": round(accuracy(tuned, task.train), 2)}
+    found.update({split: round(accuracy(tuned, task.tests[split]), 2) for split in TEST_SPLITS})
     found["loss_per_epoch"] = [round(float(epoch["ce"]), 4) for epoch in history]
     return found
 
 
 def run_probe(backbone, world: str, seed: int, *, shots: int = 16, n_test: int = 20, probe_per_class: int = 200,
               probe: ProbeConfig = ProbeConfig(), settings=None, n_classes: int | None = None) -> dict:
-    """Zero-shot, CoOp and two linear probes on one world's downstream task (see the module docstring).
+    """Zero-shot, a trained prompt learner and two linear probes on one world's downstream task (see the module
+    docstring). The learner is ``settings.learner`` (CoOp by default; MaPLe also moves the image side, so the
+    probes do not bound it); zero-shot is always CoOp from "a photo of a", untrained.
 
     Returns:
-        A JSON-able dict: ``zero_shot``, ``coop`` (with ``loss_per_epoch``), ``probe_task_shots`` and
-        ``probe_balanced`` (accuracy per test split), the settings and the run time.
+        A JSON-able dict: ``learner``, ``zero_shot``, the learner's name (``coop`` ...: accuracies with
+        ``loss_per_epoch``), ``probe_task_shots`` and ``probe_balanced`` (accuracy per test split), the settings
+        and the run time.
     """
     from dapt_core.constants import ZERO_SHOT_CONTEXT
     from dapt_core.experiments.bias_gates import train_coop
@@ -124,19 +128,21 @@ def run_probe(backbone, world: str, seed: int, *, shots: int = 16, n_test: int =
     task = build_task(world, seed, shots, n_test, backbone.image_size, n_classes)
     balanced = build_task(world, probe_seed(seed), 1, probe_per_class, backbone.image_size,
                           n_classes).tests["test_balanced"]
-    zero = train_coop(backbone, task.classnames, None, seed, settings)
+    zero = train_coop(backbone, task.classnames, None, seed, replace(settings, learner="coop"))
     features = {split: image_features(zero, task.tests[split]) for split in TEST_SPLITS}
     out = {"backbone": backbone.name, "pretrained": backbone.pretrained, "world": world, "seed": seed,
            "task": task.description, "shots": shots, "n_test": n_test, "probe_per_class": probe_per_class,
            "probe": asdict(probe), "context": ZERO_SHOT_CONTEXT, "units": "percent",
-           "zero_shot": _zero_shot_accuracies(zero, task), "coop": _coop(backbone, task, seed, settings)}
+           "learner": settings.learner, "zero_shot": _zero_shot_accuracies(zero, task),
+           settings.learner: _tuned(backbone, task, seed, settings)}
     n = len(task.classnames)
     for name, scenes in (("probe_task_shots", task.train), ("probe_balanced", balanced)):
         weight, bias = fit_probe(image_features(zero, scenes), scenes.labels, n, probe)
         out[name] = {split: round(probe_accuracy(weight, bias, features[split], task.tests[split].labels), 2)
                      for split in TEST_SPLITS}
     out["seconds"] = round(time.perf_counter() - started, 1)
-    log.info("headroom probe: %s", {k: out[k] for k in ("zero_shot", "coop", "probe_task_shots", "probe_balanced")})
+    log.info("headroom probe: %s", {k: out[k] for k in ("zero_shot", settings.learner, "probe_task_shots",
+                                                        "probe_balanced")})
     return out
 
 
@@ -145,14 +151,17 @@ def probe_markdown(result: dict, command: str | None) -> str:
     lines = [f"# Headroom probe of `{result['backbone']}` ({result['pretrained']}), world `{result['world']}`, "
              f"seed {result['seed']}", "", f"Task: {result['task']}.", "",
              "| classifier | train | " + " | ".join(TEST_SPLITS) + " |", "|---" * (len(TEST_SPLITS) + 2) + "|"]
-    rows = (("zero-shot (\"a photo of a\")", "zero_shot"), ("CoOp, trained as the gates train it", "coop"),
+    learner = result.get("learner", "coop")
+    title = LEARNER_TITLES.get(learner, learner)
+    rows = (("zero-shot (\"a photo of a\")", "zero_shot"), (f"{title}, trained as the gates train CoOp", learner),
             (f"linear probe on the task's {result['shots']} shots per class", "probe_task_shots"),
             (f"linear probe on {result['probe_per_class']} balanced scenes per class", "probe_balanced"))
     for title, key in rows:
         found = result[key]
         train = f"{found['train']:.2f}" if "train" in found else "-"
         lines.append(f"| {title} | {train} | " + " | ".join(f"{found[s]:.2f}" for s in TEST_SPLITS) + " |")
-    lines += ["", "CoOp's training loss per epoch: " + ", ".join(f"{v:.3f}" for v in result["coop"]["loss_per_epoch"])
+    lines += ["", f"{title}'s training loss per epoch: "
+              + ", ".join(f"{v:.3f}" for v in result[learner]["loss_per_epoch"])
               + f". Run time {result['seconds']:.0f} s.", ""]
     if command:
         lines += [f"Command: `{command}`", ""]
