@@ -79,4 +79,4 @@ def test_headroom_command_trains_maple_against_the_same_zero_shot(tmp_path, caps
     saved = json.loads((tmp_path / "headroom_probe_maple_tiny-vit_seed6.json").read_text())
     assert saved["command"].endswith("--probe-per-class 2 --learner maple --n-classes 3")
     report = (tmp_path / "headroom_probe_maple_tiny-vit_seed6.md").read_text()
-    assert "| MaPLe, trained as the gates train CoOp |" in report
+    assert "| MaPLe, trained as the gates train CoOp |" in report and "\nMaPLe's training loss per epoch: " in report

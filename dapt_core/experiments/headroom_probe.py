@@ -156,10 +156,10 @@ def probe_markdown(result: dict, command: str | None) -> str:
     rows = (("zero-shot (\"a photo of a\")", "zero_shot"), (f"{title}, trained as the gates train CoOp", learner),
             (f"linear probe on the task's {result['shots']} shots per class", "probe_task_shots"),
             (f"linear probe on {result['probe_per_class']} balanced scenes per class", "probe_balanced"))
-    for title, key in rows:
+    for row_title, key in rows:
         found = result[key]
         train = f"{found['train']:.2f}" if "train" in found else "-"
-        lines.append(f"| {title} | {train} | " + " | ".join(f"{found[s]:.2f}" for s in TEST_SPLITS) + " |")
+        lines.append(f"| {row_title} | {train} | " + " | ".join(f"{found[s]:.2f}" for s in TEST_SPLITS) + " |")
     lines += ["", f"{title}'s training loss per epoch: "
               + ", ".join(f"{v:.3f}" for v in result[learner]["loss_per_epoch"])
               + f". Run time {result['seconds']:.0f} s.", ""]
