@@ -376,3 +376,17 @@ def test_each_registration_has_its_own_card_block():
     card = f"{CARD_MARKERS[0]}\nv1 verdict\n{CARD_MARKERS[1]}\nwritten before v2\n{start}\n{end}\n"
     text = replace_marked(card, "v2 verdict", (start, end))
     assert text == f"{CARD_MARKERS[0]}\nv1 verdict\n{CARD_MARKERS[1]}\nwritten before v2\n{start}\nv2 verdict\n{end}\n"
+
+
+@pytest.mark.skipif(not CARD.exists(), reason="checkpoints/synth-web.md is not written yet")
+def test_model_card_states_registration_v2_as_the_code_has_it():
+    from dapt_core.experiments.gate_thresholds import REGISTRATIONS
+
+    text = CARD.read_text(encoding="utf-8")
+    section = text[text.index("### Registration v2"):]
+    v2 = REGISTRATIONS["v2"]
+    assert (v2.cam_method, v2.attention_metric, v2.control_repeats) == ("gradcam++", "energy_share", 3)
+    words = " ".join(section.replace("**", "").split())
+    assert "Grad-CAM++ energy share" in words and "three control pairs" in words
+    assert "--seed 11" in section and "--registration v2" in section
+    assert section.index("### Registration v2") < section.index("<!-- gates v2 verdict: start -->")
