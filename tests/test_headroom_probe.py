@@ -64,6 +64,8 @@ def test_headroom_command_on_a_tiny_model(tmp_path, capsys):
     assert "| linear probe on 3 balanced scenes per class |" in report and saved["command"] in report
     assert main(argv[:-2] + ["--probe-per-class", "0", "--out", str(tmp_path / "no")]) == 2
     assert not (tmp_path / "no").exists()
+    assert main(argv[:-2] + ["--out", str(tmp_path / "named"), "--name", "p0.5_seed5"]) == 0
+    assert sorted(p.name for p in (tmp_path / "named").iterdir()) == ["p0.5_seed5.json", "p0.5_seed5.md"]
 
 
 def test_headroom_command_trains_maple_against_the_same_zero_shot(tmp_path, capsys):

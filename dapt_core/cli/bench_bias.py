@@ -220,8 +220,9 @@ def run_bench_headroom(args: argparse.Namespace) -> int:
     learner = "" if args.learner == "coop" else f"{args.learner}_"
     stem = Path(args.out) / (args.name or f"headroom_probe_{learner}{backbone.name}_seed{args.seed}")
     record = json.dumps({**result, "command": command}, indent=1) + "\n"
-    write_bytes_atomic(stem.with_suffix(".json"), record.encode())
-    write_bytes_atomic(stem.with_suffix(".md"), probe_markdown(result, command).encode())
+    # a stem may hold a dot (--name p0.5_seed100): the suffix is added, never swapped for the stem's tail
+    write_bytes_atomic(stem.parent / f"{stem.name}.json", record.encode())
+    write_bytes_atomic(stem.parent / f"{stem.name}.md", probe_markdown(result, command).encode())
     log.info("wrote %s.json and .md", stem)
     print_json(result)
     return 0
