@@ -81,7 +81,7 @@ def attention_set_cams(learners: list[PromptLearner], text_features: list[torch.
     """
     scorer = _scorer(method)
     size = tuple(images.shape[-2:])
-    shared = [i for i, learner in enumerate(learners) if share and learner.n_visual_prompts == 0]
+    shared = [i for i, learner in enumerate(learners) if share and not learner.learns_image_side]
     groups = ([shared] if shared else []) + [[i] for i in range(len(learners)) if i not in shared]
     found: list[tuple[torch.Tensor, int, np.ndarray] | None] = [None] * len(learners)
     spent = {"forward": 0.0, "cam": 0.0}

@@ -155,7 +155,7 @@ class AttentionForward:
         on the same backbone when this forward's learner has none either)."""
         if learner is self.learner:
             return True
-        return (learner.n_visual_prompts == 0 and self.learner.n_visual_prompts == 0
+        return (not learner.learns_image_side and not self.learner.learns_image_side
                 and learner.backbone is self.learner.backbone)
 
 

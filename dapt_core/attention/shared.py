@@ -94,7 +94,7 @@ def check_method(method: str) -> None:
 
 def can_share_forward(learner: PromptLearner) -> bool:
     """Whether the learner's image features are the frozen tower's alone (no visual prompts)."""
-    return learner.n_visual_prompts == 0
+    return not learner.learns_image_side
 
 
 def image_forward(learner: PromptLearner, images: torch.Tensor) -> ImageForward:
