@@ -318,9 +318,10 @@ def _check_run(learner: PromptLearner, samples: list[Sample], val_samples: list[
     if cfg.selection == "best_val" and not val_samples:
         log.warning("model selection best_val has no validation images: the last epoch's prompts are kept")
     warn_unreached_terms(dapt, cfg.epochs)
-    if dapt.enabled and dapt.triplet_weight > 0 and not learner.learns_image_side:
-        log.info("DAPT over %s: no visual prompts, so the triplet term's gradient is zero; it is not computed, "
-                 "and an epoch with no other term runs as plain %s", learner.kind, learner.kind)
+    plain = [e + 1 for e in range(cfg.epochs) if dapt.enabled and not needs_views(learner, e, dapt, cfg.epochs)]
+    if plain:
+        log.info("DAPT over %s: its image side is frozen, so the triplet term's gradient is zero; epoch(s) %s, where "
+                 "it is the only term, run as plain %s", learner.kind, ", ".join(map(str, plain)), learner.kind)
 
 
 def _score_epoch(learner: PromptLearner, record: dict, best: dict | None, val_samples: list[Sample],

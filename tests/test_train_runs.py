@@ -1,6 +1,7 @@
 """Training runs: the configuration checks, model selection (best_val / last) and resuming only the same run."""
 
 import logging
+from dataclasses import replace
 import threading
 
 import numpy as np
@@ -219,10 +220,11 @@ def test_an_app_run_records_which_epoch_it_kept(tmp_path, tiny_backbone):
                                                                 "reason": "no validation images"}
 
 
-def test_coop_dapt_epochs_with_only_the_triplet_train_as_plain_coop(tiny_backbone, images, monkeypatch):
+def test_coop_dapt_epochs_with_only_the_triplet_train_as_plain_coop(tiny_backbone, images, monkeypatch, caplog):
     """Over CoOp the triplet term's gradient is zero: epochs before the official switch learn exactly what
     plain CoOp learns, without refreshing the Grad-CAM cue or reading a mask; from the switch on the cue is
     refreshed once per epoch."""
+    caplog.set_level(logging.INFO, logger="dapt_core.train")
     refreshed = []
     original = train_module.refresh_gradcam_masks
     monkeypatch.setattr(train_module, "refresh_gradcam_masks",
@@ -240,3 +242,9 @@ def test_coop_dapt_epochs_with_only_the_triplet_train_as_plain_coop(tiny_backbon
                             progress=False)
     assert refreshed == [1, 2] and [("background" in h) for h in history] == [False, True, True]
     assert not torch.equal(switched.ctx, plain.ctx)
+    said = [r.getMessage() for r in caplog.records if "run as plain coop" in r.getMessage()]
+    assert len(said) == 2 and "epoch(s) 1, 2, 3, where" in said[0] and "epoch(s) 1, where" in said[1]
+    caplog.clear()
+    train_prompts(fresh(tiny_backbone), images["train"], replace(cfg, epochs=1), DaptConfig(cue="gradcam",
+                  schedule="joint"), progress=False)
+    assert not [r for r in caplog.records if "run as plain" in r.getMessage()]  # joint: the triplet is kept
