@@ -21,13 +21,14 @@ import shlex
 
 from dapt_core import paths
 from dapt_core.cli.common import add_backbone_args, print_json
-from dapt_core.experiments.gate_thresholds import DEFAULT_REGISTRATION, REGISTRATIONS, SETTINGS
+from dapt_core.experiments.gate_thresholds import DEFAULT_REGISTRATION, FIRST_REGISTRATION, REGISTRATIONS, SETTINGS
 
 log = logging.getLogger(__name__)
 
 WORLD_CHOICES = ("auto", "synth", "web")  # auto: web for a synth-web backbone, else synth
 DEFAULT_THREADS = 1  # small models; on a shared CPU more threads mostly add contention
-UNSPELT_DEFAULTS = {"registration": "v1", "learner": "coop"}  # flags whose default a command line leaves out
+# flags whose default a recorded command line leaves out
+UNSPELT_DEFAULTS = {"registration": DEFAULT_REGISTRATION, "learner": "coop"}
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -187,7 +188,7 @@ def run_bench_gates(args: argparse.Namespace) -> int:
     backbone = _setup(args)
     suite, suite_stem = _suite(args, backbone)  # the suite's own report as `bench bias` writes it, from the same scenes
     result = run_gates(backbone, world, args.seed, settings=settings, n_classes=args.n_classes, suite=suite)
-    version = "" if args.registration == "v1" else f"_{args.registration}"  # v1's files kept their first names
+    version = "" if args.registration == FIRST_REGISTRATION else f"_{args.registration}"  # v1 keeps its first names
     stem = args.name or f"bias_suite_gates{version}_{backbone.name}_seed{args.seed}"
     command = _command(args, "gates", ("shots", "n_test", "epochs", "registration"))
     written = write_gates(result, args.out, stem, command, suite_stem)

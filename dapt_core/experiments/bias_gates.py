@@ -31,6 +31,7 @@ import torch
 from dapt_core.experiments.bias_suite import SuiteWorld, classified_correctly, learner_classifier, paired_interval
 from dapt_core.experiments.bias_worlds import TEST_SPLITS, DownstreamTask, LabelledScenes
 from dapt_core.experiments.gate_thresholds import (
+    ATTENTION_METRIC_WORDS,
     ATTENTION_METRICS,
     SETTINGS,
     THRESHOLDS,
@@ -237,7 +238,7 @@ def _metric_words(att: dict | None) -> str:
     """How the threshold names the attention metric: v1's words for its energy share of Grad-CAM; the method too
     when another map is registered, and "over N control pairs" when there are several."""
     att = att or {}
-    words = {"energy_share": "energy share", "pointing": "pointing game"}[att.get("metric", "energy_share")]
+    words = ATTENTION_METRIC_WORDS[att.get("metric", "energy_share")]
     if att.get("cam_method", "gradcam") != "gradcam":
         words = f"{att['cam_method']} {words}"
     repeats = att.get("control_repeats", 1)

@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from dapt_core.experiments.bias_suite import VARIANTS, SuiteScenes, variant_input
+from dapt_core.experiments.gate_thresholds import ATTENTION_METRIC_WORDS, FIRST_REGISTRATION
 
 SHOWN = {  # variant -> what the model is shown, for the table
     "original": "the scene (object on a home background)",
@@ -30,8 +31,8 @@ CARD_MARKERS = ("<!-- gates verdict: start -->", "<!-- gates verdict: end -->") 
 def card_markers(result: dict) -> tuple[str, str]:
     """The card's marker pair for a result's registration: v1 (or a run before registrations had names, or none)
     keeps the first pair; another registration has its own block, so no verdict overwrites another's."""
-    name = result.get("registration") or "v1"
-    if name == "v1":
+    name = result.get("registration") or FIRST_REGISTRATION
+    if name == FIRST_REGISTRATION:
         return CARD_MARKERS
     return f"<!-- gates {name} verdict: start -->", f"<!-- gates {name} verdict: end -->"
 
@@ -111,8 +112,8 @@ def card_block(result: dict, result_path: str, figure_path: str | None) -> str:
     """The model card's verdict block, from a ``bench gates`` result (paths relative to the card)."""
     suite, head = result["suite"], result["headroom"]
     split = result["thresholds"]["headroom_split"]
-    name = result.get("registration") or "v1"
-    title = f"Measured verdict: seed {result['seed']}" if name == "v1" else \
+    name = result.get("registration") or FIRST_REGISTRATION
+    title = f"Measured verdict: seed {result['seed']}" if name == FIRST_REGISTRATION else \
         f"Measured verdict of registration {name}: seed {result['seed']}"
     lines = [f"### {title}", "",
              f"Copied from `{result_path}` by `python -m dapt_core bench gates-card`; the run: "
@@ -176,7 +177,7 @@ def _controls_words(att: dict) -> str:
     """What the control table measures: the map, its target, and over how many control pairs (v1: one, Grad-CAM)."""
     method = "Grad-CAM" if att.get("cam_method", "gradcam") == "gradcam" else att["cam_method"]
     repeats = att.get("control_repeats", 1)
-    gated = {"energy_share": "energy share", "pointing": "pointing game"}[att.get("metric", "energy_share")]
+    gated = ATTENTION_METRIC_WORDS[att.get("metric", "energy_share")]
     pooled = "" if repeats == 1 else f", each scene averaged over {repeats} control pairs"
     return f"{method} of the true class{pooled}; the gate reads the {gated}"
 

@@ -87,24 +87,22 @@ def probe_seed(seed: int) -> int:
     return int(np.random.SeedSequence(seed, spawn_key=(PROBE_STREAM,)).generate_state(1)[0] % 2**31)
 
 
-def _zero_shot_accuracies(zero, task: DownstreamTask) -> dict:
+def _accuracies(learner, task: DownstreamTask) -> dict:
+    """Percent correct on the task's training scenes and on each test split."""
     from dapt_core.experiments.bias_gates import accuracy
 
-    found = {"train": round(accuracy(zero, task.train), 2)}
-    found.update({split: round(accuracy(zero, task.tests[split]), 2) for split in TEST_SPLITS})
+    found = {"train": round(accuracy(learner, task.train), 2)}
+    found.update({split: round(accuracy(learner, task.tests[split]), 2) for split in TEST_SPLITS})
     return found
 
 
 def _tuned(backbone, task: DownstreamTask, seed: int, settings) -> dict:
     """``settings.learner`` trained on the task as the gates train CoOp: accuracies and the per-epoch loss."""
-    from dapt_core.experiments.bias_gates import accuracy, train_coop
+    from dapt_core.experiments.bias_gates import train_coop
 
     history: list[dict] = []
     tuned = train_coop(backbone, task.classnames, task.train, seed, settings, history=history)
-    found = {"train": round(accuracy(tuned, task.train), 2)}
-    found.update({split: round(accuracy(tuned, task.tests[split]), 2) for split in TEST_SPLITS})
-    found["loss_per_epoch"] = [round(float(epoch["ce"]), 4) for epoch in history]
-    return found
+    return {**_accuracies(tuned, task), "loss_per_epoch": [round(float(epoch["ce"]), 4) for epoch in history]}
 
 
 def run_probe(backbone, world: str, seed: int, *, shots: int = 16, n_test: int = 20, probe_per_class: int = 200,
@@ -133,7 +131,7 @@ def run_probe(backbone, world: str, seed: int, *, shots: int = 16, n_test: int =
     out = {"backbone": backbone.name, "pretrained": backbone.pretrained, "world": world, "seed": seed,
            "task": task.description, "shots": shots, "n_test": n_test, "probe_per_class": probe_per_class,
            "probe": asdict(probe), "context": ZERO_SHOT_CONTEXT, "units": "percent",
-           "learner": settings.learner, "zero_shot": _zero_shot_accuracies(zero, task),
+           "learner": settings.learner, "zero_shot": _accuracies(zero, task),
            settings.learner: _tuned(backbone, task, seed, settings)}
     n = len(task.classnames)
     for name, scenes in (("probe_task_shots", task.train), ("probe_balanced", balanced)):
