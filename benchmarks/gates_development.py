@@ -1,9 +1,11 @@
-"""Development runs behind the gates' registration v2 (issue 14): what was tried on development seeds only.
+"""Development runs behind the gates' registrations v2 and v3 (issue 14): what was tried on development seeds only.
 
 Three parts, each printing one JSON line per measurement (run pinned to one core, one torch thread):
 
     python benchmarks/gates_development.py variants --seed 100    # CoOp on variants of the downstream task
     python benchmarks/gates_development.py recipe --seed 100      # CoOp's recipe and options on the v1 task
+    python benchmarks/gates_development.py recipe --seed 100 --task rehomed               # ... on the v3 task
+    python benchmarks/gates_development.py attention --seed 100 --task rehomed --class-specific  # v3 controls
     python benchmarks/gates_development.py attention --seed 100   # the attention gate: every method, 3 pairs
 
 ``variants``: the web task with the training split's home probability changed, larger objects, a look-alike
@@ -31,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dapt_core.backbones import load_backbone  # noqa: E402
 from dapt_core.experiments import bias_gates  # noqa: E402
 from dapt_core.experiments.bias_suite import paired_interval  # noqa: E402
-from dapt_core.experiments.bias_worlds import TEST_SPLITS, LabelledScenes, _web_parts  # noqa: E402
+from dapt_core.experiments.bias_worlds import TASK_VARIANTS, TEST_SPLITS, LabelledScenes, _web_parts  # noqa: E402
 from dapt_core.world.web_shapes import LOOKALIKE_GROUPS, WEB_OBJECT_CLASSES  # noqa: E402
 
 CAMERAS = {
@@ -50,6 +52,7 @@ VARIANTS = {
     **{f"camera {name}": ({}, {}, WEB_OBJECT_CLASSES, name) for name in CAMERAS},
 }
 VARIANT_STREAM = 999  # spawn key of the variants' scenes
+VERDICT_SEEDS = (7, 11, 13)  # v1's, v2's and v3's verdict seeds, fixed before their runs
 
 
 def _scenes(seed: int, split: int, classes, count: int, changes: dict, camera: str | None) -> LabelledScenes:
@@ -106,35 +109,43 @@ def _train_options(backbone, task, seed: int, lr: float, options: dict):
     return learner, history
 
 
-def run_recipe(backbone, seed: int) -> None:
+def run_recipe(backbone, seed: int, variant: str = "home") -> None:
     from dapt_core.experiments.bias_worlds import web_task
 
-    task = web_task(seed, 16, 20, backbone.image_size)
+    task = web_task(seed, 16, 20, backbone.image_size, variant=variant)
+    zero = bias_gates.train_coop(backbone, task.classnames, None, seed)
+    print(json.dumps({"seed": seed, "task": variant, "recipe": "zero-shot",
+                      "coop": _accuracies(zero, task.train, task.tests)}), flush=True)
     runs = {"official (lr 0.0035, 'a photo of a')": (0.0035, {"ctx_init": "a photo of a"}),
             "lr 0.035": (0.035, {"ctx_init": "a photo of a"}),
             "16 random context vectors": (0.0035, {"n_ctx": 16}),
             "class-specific context": (0.0035, {"ctx_init": "a photo of a", "class_specific": True})}
     for name, (lr, options) in runs.items():
         learner, history = _train_options(backbone, task, seed, lr, options)
-        print(json.dumps({"seed": seed, "recipe": name, "coop": _accuracies(learner, task.train, task.tests),
+        print(json.dumps({"seed": seed, "task": variant, "recipe": name,
+                          "coop": _accuracies(learner, task.train, task.tests),
                           "loss_per_epoch": [round(e["ce"], 3) for e in history]}), flush=True)
 
 
-def run_attention(backbone, seed: int, repeats: int = 3) -> None:
+def run_attention(backbone, seed: int, repeats: int = 3, settings=None) -> None:
+    """``settings``: the registration whose task variant and CoOp options are used (None: v1's)."""
     from dapt_core.experiments.bias_worlds import web_task, web_world
 
+    settings = settings or bias_gates.SETTINGS
     methods = ("gradcam", "gradcam++", "layercam", "legrad", "relevance")
-    world, task = web_world(), web_task(seed, 16, 20, backbone.image_size)
+    world, task = web_world(), web_task(seed, 16, 20, backbone.image_size, variant=settings.task)
     conflicting = task.tests["test_conflicting"]
     found: dict = {(m, k): [] for m in methods for k in bias_gates.CONTROL_KINDS}
     for repeat in range(repeats):
         for kind in bias_gates.CONTROL_KINDS:
             scenes = bias_gates.control_scenes(world, kind, 16, seed, backbone.image_size, repeat)
-            learner = bias_gates.train_coop(backbone, world.classnames, scenes, bias_gates.control_seed(seed, repeat))
+            learner = bias_gates.train_coop(backbone, world.classnames, scenes, bias_gates.control_seed(seed, repeat),
+                                            settings)
             for method in methods:
                 found[(method, kind)].append(bias_gates.attention_per_scene(learner, conflicting, method))
     for method in methods:
-        row = {"seed": seed, "method": method, "repeats": repeats}
+        row = {"seed": seed, "method": method, "repeats": repeats, "task": settings.task,
+               "class_specific": settings.class_specific}
         for i, metric in enumerate(("energy_share", "pointing")):
             runs = {k: np.stack([f[i] for f in found[(method, k)]]) for k in bias_gates.CONTROL_KINDS}
             single = [paired_interval(runs["balanced"][r] - runs["background"][r]) for r in range(repeats)]
@@ -149,12 +160,24 @@ def main() -> None:
     parser.add_argument("part", choices=("variants", "recipe", "attention"))
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--task", choices=TASK_VARIANTS, default="home",
+                        help="attention, recipe: the web task's variant (attention: whose conflicting split)")
+    parser.add_argument("--class-specific", action="store_true",
+                        help="attention: the control prompt sets get one CoOp context per class")
     args = parser.parse_args()
-    if args.seed in (7, 11):
-        raise SystemExit("seeds 7 and 11 are the gates' verdict seeds (v1, v2): development runs never use them")
+    if args.seed in VERDICT_SEEDS:
+        raise SystemExit(f"seeds {', '.join(map(str, VERDICT_SEEDS))} are the gates' verdict seeds (v1, v2, v3): "
+                         "development runs never use them")
     torch.set_num_threads(args.threads)
     backbone = load_backbone("synth-web")
-    {"variants": run_variants, "recipe": run_recipe, "attention": run_attention}[args.part](backbone, args.seed)
+    if args.part == "attention":
+        settings = replace(bias_gates.SETTINGS, task=args.task, class_specific=args.class_specific)
+        run_attention(backbone, args.seed, settings=settings)
+        return
+    if args.part == "recipe":
+        run_recipe(backbone, args.seed, args.task)
+        return
+    run_variants(backbone, args.seed)
 
 
 if __name__ == "__main__":

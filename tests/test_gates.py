@@ -390,3 +390,62 @@ def test_model_card_states_registration_v2_as_the_code_has_it():
     assert "Grad-CAM++ energy share" in words and "three control pairs" in words
     assert "--seed 11" in section and "--registration v2" in section
     assert section.index("### Registration v2") < section.index("<!-- gates v2 verdict: start -->")
+
+
+def test_registration_v3_is_v2_with_the_rehomed_task_class_specific_coop_relevance_and_the_aligned_split():
+    from dapt_core.experiments.gate_thresholds import REGISTRATIONS, GateSettings, registration_of, thresholds_of
+
+    v3 = REGISTRATIONS["v3"]
+    assert (v3.task, v3.class_specific, v3.learner_options()) == ("rehomed", True, {"class_specific": True})
+    assert (v3.cam_method, v3.attention_metric, v3.control_repeats) == ("relevance", "energy_share", 3)
+    assert replace(v3, task="home", class_specific=False, cam_method="gradcam++") == REGISTRATIONS["v2"]
+    assert thresholds_of("v3") == replace(THRESHOLDS, headroom_split="test_aligned")
+    assert thresholds_of("v1") == thresholds_of("v2") == THRESHOLDS
+    assert registration_of(v3, thresholds_of("v3")) == "v3"
+    assert registration_of(v3, THRESHOLDS) is None  # v3's settings judged on the balanced split are no registration
+    assert registration_of(REGISTRATIONS["v2"], thresholds_of("v3")) is None
+    assert SETTINGS.learner_options() == {}
+    with pytest.raises(ValueError, match="class_specific"):
+        GateSettings(learner="maple", class_specific=True)
+
+
+def test_v3_headroom_is_judged_on_the_aligned_split():
+    from dapt_core.experiments.gate_thresholds import thresholds_of
+
+    # _measured: aligned 99.0 -> 99.5 (zero-shot above 80, gain 0.5), balanced 70 -> 76
+    rows = {r["gate"]: r for r in verdicts(_measured(), thresholds_of("v3"))}
+    assert rows["headroom_zero_shot"]["measured"] == 99.0 and rows["headroom_zero_shot"]["passed"] is False
+    assert rows["headroom_coop_gain"]["measured"] == 0.5 and rows["headroom_coop_gain"]["passed"] is False
+    assert "on test_aligned" in rows["headroom_coop_gain"]["threshold"]
+
+
+def test_class_specific_coop_untrained_is_zero_shot(tiny_backbone):
+    """The gates' zero-shot is their CoOp left untrained: with one context per class, each started from "a photo
+    of a", it must give the shared context's (zero-shot CLIP's) text features."""
+    import torch
+
+    from dapt_core.experiments.bias_gates import train_coop
+    from dapt_core.experiments.gate_thresholds import REGISTRATIONS
+
+    names = ("circle", "square", "heart")
+    shared = train_coop(tiny_backbone, names, None, 0, SETTINGS)
+    specific = train_coop(tiny_backbone, names, None, 0, REGISTRATIONS["v3"])
+    assert tuple(specific.ctx.shape[:1]) == (3,) and shared.ctx.dim() == 2
+    with torch.no_grad():
+        torch.testing.assert_close(specific.text_features(), shared.text_features(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.skipif(not CARD.exists(), reason="checkpoints/synth-web.md is not written yet")
+def test_model_card_states_registration_v3_as_the_code_has_it():
+    from dapt_core.experiments.gate_thresholds import REGISTRATIONS, thresholds_of
+
+    text = CARD.read_text(encoding="utf-8")
+    section = text[text.index("### Registration v3"):]
+    v3 = REGISTRATIONS["v3"]
+    assert (v3.cam_method, v3.task, v3.class_specific) == ("relevance", "rehomed", True)
+    assert thresholds_of("v3").headroom_split == "test_aligned"
+    words = " ".join(section.replace("**", "").split())
+    assert "relevance map's energy share" in words and "rehomed" in words and "class-specific context" in words
+    assert "Headroom is read on `test_aligned`" in words
+    assert "--seed 13" in section and "--registration v3" in section
+    assert section.index("### Registration v3") < section.index("<!-- gates v3 verdict: start -->")

@@ -21,7 +21,13 @@ import shlex
 
 from dapt_core import paths
 from dapt_core.cli.common import add_backbone_args, print_json
-from dapt_core.experiments.gate_thresholds import DEFAULT_REGISTRATION, FIRST_REGISTRATION, REGISTRATIONS, SETTINGS
+from dapt_core.experiments.gate_thresholds import (
+    DEFAULT_REGISTRATION,
+    FIRST_REGISTRATION,
+    REGISTRATIONS,
+    SETTINGS,
+    thresholds_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +90,8 @@ def add_bias_parser(bsub: argparse._SubParsersAction) -> None:
     p.add_argument("--registration", choices=tuple(REGISTRATIONS), default=DEFAULT_REGISTRATION,
                    help="which registered settings (dapt_core/experiments/gate_thresholds.py REGISTRATIONS): v1, the "
                         "first; v2, the attention gate over three control pairs with the metric chosen on development "
-                        "seeds; default: %(default)s, so that older command lines rerun as they ran")
+                        "seeds; v3, v2 with the rehomed downstream task and class-specific CoOp; default: "
+                        "%(default)s, so that older command lines rerun as they ran")
     p.set_defaults(func=run_bench_gates)
 
     p = bsub.add_parser("headroom", help="zero-shot, CoOp and linear-probe ceilings on a world's downstream task",
@@ -99,6 +106,8 @@ def add_bias_parser(bsub: argparse._SubParsersAction) -> None:
     p.add_argument("--learner", choices=("coop", "maple"), default="coop",
                    help="the prompt learner trained on the task (zero-shot stays CoOp untrained); default: "
                         "%(default)s")
+    p.add_argument("--registration", choices=tuple(REGISTRATIONS), default=DEFAULT_REGISTRATION,
+                   help="whose downstream task and CoOp options (gate_thresholds.REGISTRATIONS); default: %(default)s")
     p.set_defaults(func=run_bench_headroom)
 
     p = bsub.add_parser("gates-card", help="copy a gates verdict into a model card",
@@ -187,7 +196,8 @@ def run_bench_gates(args: argparse.Namespace) -> int:
     world = _world(args)
     backbone = _setup(args)
     suite, suite_stem = _suite(args, backbone)  # the suite's own report as `bench bias` writes it, from the same scenes
-    result = run_gates(backbone, world, args.seed, settings=settings, n_classes=args.n_classes, suite=suite)
+    result = run_gates(backbone, world, args.seed, settings=settings, thresholds=thresholds_of(args.registration),
+                       n_classes=args.n_classes, suite=suite)
     version = "" if args.registration == FIRST_REGISTRATION else f"_{args.registration}"  # v1 keeps its first names
     stem = args.name or f"bias_suite_gates{version}_{backbone.name}_seed{args.seed}"
     command = _command(args, "gates", ("shots", "n_test", "epochs", "registration"))
@@ -212,14 +222,18 @@ def run_bench_headroom(args: argparse.Namespace) -> int:
     from dapt_core.fileio import write_bytes_atomic
 
     _check_positive(args, ("shots", "n_test", "epochs", "probe_per_class"))
+    registered = REGISTRATIONS[args.registration]
+    if args.learner != "coop":  # class-specific context is CoOp's option
+        registered = replace(registered, class_specific=False)
     backbone = _setup(args)
     result = run_probe(backbone, _world(args), args.seed, shots=args.shots, n_test=args.n_test,
                        probe_per_class=args.probe_per_class,
-                       settings=replace(SETTINGS, epochs=args.epochs, learner=args.learner),
+                       settings=replace(registered, epochs=args.epochs, learner=args.learner),
                        n_classes=args.n_classes)
-    command = _command(args, "headroom", ("shots", "n_test", "epochs", "probe_per_class", "learner"))
+    command = _command(args, "headroom", ("shots", "n_test", "epochs", "probe_per_class", "learner", "registration"))
     learner = "" if args.learner == "coop" else f"{args.learner}_"
-    stem = Path(args.out) / (args.name or f"headroom_probe_{learner}{backbone.name}_seed{args.seed}")
+    version = "" if args.registration == FIRST_REGISTRATION else f"{args.registration}_"
+    stem = Path(args.out) / (args.name or f"headroom_probe_{version}{learner}{backbone.name}_seed{args.seed}")
     record = json.dumps({**result, "command": command}, indent=1) + "\n"
     # a stem may hold a dot (--name p0.5_seed100): the suffix is added, never swapped for the stem's tail
     write_bytes_atomic(stem.parent / f"{stem.name}.json", record.encode())

@@ -106,7 +106,8 @@ def train_coop(backbone, classnames: tuple[str, ...], scenes: LabelledScenes | N
     from dapt_core.train import TrainConfig, seed_everything, train_prompts
 
     seed_everything(seed)
-    learner = build_learner(settings.learner, backbone, list(classnames), ctx_init=ZERO_SHOT_CONTEXT)
+    learner = build_learner(settings.learner, backbone, list(classnames), ctx_init=ZERO_SHOT_CONTEXT,
+                            **settings.learner_options())
     if scenes is not None:
         cfg = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, seed=seed,
                           crop_min=settings.crop_min, selection="last")
@@ -255,7 +256,7 @@ def overall(rows: list[dict]) -> bool | None:
 
 def settings_dict(settings: GateSettings, thresholds: GateThresholds) -> dict:
     """The settings and thresholds of a run, whether they are a registered set, and which (``registration``)."""
-    name = registration_of(settings) if thresholds == THRESHOLDS else None
+    name = registration_of(settings, thresholds)
     return {"settings": asdict(settings), "thresholds": asdict(thresholds), "registered": name is not None,
             "registration": name}
 
@@ -282,7 +283,7 @@ def run_gates(backbone, world: str, seed: int, *, settings: GateSettings = SETTI
             raise ValueError(f"suite: measured on {given}, not on this backbone, world, seed and per-class count")
     measured = {"suite": suite or run_suite(backbone, suite_world, settings.suite_per_class, seed)}
     log.info("bias suite: BG-Gap %.2f, Only-BG %.2f%%", measured["suite"]["bg_gap"], measured["suite"]["only_bg"])
-    task = build_task(world, seed, settings.shots, settings.n_test, backbone.image_size, n_classes)
+    task = build_task(world, seed, settings.shots, settings.n_test, backbone.image_size, n_classes, settings.task)
     measured["headroom"] = measure_headroom(backbone, task, seed, settings)
     log.info("headroom: %s", measured["headroom"])
     measured["attention"] = measure_attention(backbone, suite_world, task, seed, settings)

@@ -123,10 +123,10 @@ def run_probe(backbone, world: str, seed: int, *, shots: int = 16, n_test: int =
 
     settings = settings or SETTINGS
     started = time.perf_counter()
-    task = build_task(world, seed, shots, n_test, backbone.image_size, n_classes)
+    task = build_task(world, seed, shots, n_test, backbone.image_size, n_classes, settings.task)
     balanced = build_task(world, probe_seed(seed), 1, probe_per_class, backbone.image_size,
                           n_classes).tests["test_balanced"]
-    zero = train_coop(backbone, task.classnames, None, seed, replace(settings, learner="coop"))
+    zero = train_coop(backbone, task.classnames, None, seed, replace(settings, learner="coop", class_specific=False))
     features = {split: image_features(zero, task.tests[split]) for split in TEST_SPLITS}
     out = {"backbone": backbone.name, "pretrained": backbone.pretrained, "world": world, "seed": seed,
            "task": task.description, "shots": shots, "n_test": n_test, "probe_per_class": probe_per_class,
