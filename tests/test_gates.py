@@ -449,3 +449,24 @@ def test_model_card_states_registration_v3_as_the_code_has_it():
     assert "Headroom is read on `test_aligned`" in words
     assert "--seed 13" in section and "--registration v3" in section
     assert section.index("### Registration v3") < section.index("<!-- gates v3 verdict: start -->")
+
+
+@pytest.mark.parametrize("split, order", [
+    ("test_balanced", ("test_balanced", "test_conflicting", "test_aligned")),  # v1's and v2's line, as it was
+    ("test_aligned", ("test_aligned", "test_conflicting", "test_balanced")),  # v3: each split once
+])
+def test_card_line_names_the_headroom_split_first_and_every_split_once(split, order):
+    from dapt_core.experiments.bias_report import VARIANTS, card_block
+
+    head = {}
+    for i, s in enumerate(("test_aligned", "test_balanced", "test_conflicting")):
+        head.update({f"zero_shot_{s}": 10.0 + i, f"coop_{s}": 20.0 + i})
+    suite = {**{v: 50.0 for v in VARIANTS}, "bg_gap": 12.0, "bg_gap_ci": [10.0, 14.0], "chance": 4.17,
+             "only_bg_over_chance": 3.5}
+    result = {"suite": suite, "headroom": head, "thresholds": {**vars(THRESHOLDS), "headroom_split": split},
+              "registration": "v3", "seed": 13, "seconds": 1.0, "registered": True, "passed": True,
+              "backbone": "b", "gates": verdicts({"suite": suite, "headroom": head})}
+    line = next(l for l in card_block(result, "r.json", None).splitlines() if l.startswith("Downstream task"))
+    rank = {"test_aligned": 0, "test_balanced": 1, "test_conflicting": 2}
+    expected = "; ".join(f"on `{s}`: zero-shot {10.0 + rank[s]:.2f}%, CoOp {20.0 + rank[s]:.2f}%" for s in order)
+    assert line == f"Downstream task {expected}."

@@ -25,6 +25,8 @@ SHOWN = {  # variant -> what the model is shown, for the table
 }
 EXAMPLES = 3  # scenes shown in the figure
 VERDICT = {True: "pass", False: "FAIL", None: "not measured"}
+# the card's line of downstream accuracies: the headroom split first, then these others in this order
+CARD_SPLIT_ORDER = ("test_conflicting", "test_aligned", "test_balanced")
 CARD_MARKERS = ("<!-- gates verdict: start -->", "<!-- gates verdict: end -->")  # registration v1's block
 
 
@@ -125,10 +127,9 @@ def card_block(result: dict, result_path: str, figure_path: str | None) -> str:
              "| zero-shot accuracy (%) | " + " | ".join(f"{suite[v]:.2f}" for v in VARIANTS)
              + f" | {suite['bg_gap']:.2f} [{suite['bg_gap_ci'][0]:.2f}, {suite['bg_gap_ci'][1]:.2f}] | "
              f"{suite['chance']:.2f} |", "",
-             f"Downstream task on `{split}`: zero-shot {head[f'zero_shot_{split}']:.2f}%, CoOp "
-             f"{head[f'coop_{split}']:.2f}%; on `test_conflicting`: zero-shot {head['zero_shot_test_conflicting']:.2f}%"
-             f", CoOp {head['coop_test_conflicting']:.2f}%; on `test_aligned`: zero-shot "
-             f"{head['zero_shot_test_aligned']:.2f}%, CoOp {head['coop_test_aligned']:.2f}%.", ""]
+             "Downstream task " + "; ".join(
+                 f"on `{s}`: zero-shot {head[f'zero_shot_{s}']:.2f}%, CoOp {head[f'coop_{s}']:.2f}%"
+                 for s in (split, *(s for s in CARD_SPLIT_ORDER if s != split))) + ".", ""]
     if figure_path:
         lines += [f"![bias suite of {result['backbone']}, seed {result['seed']}]({figure_path})", ""]
     return "\n".join(lines)
