@@ -49,6 +49,9 @@ QUEUE_MAX_SIZE = 64  # requests waiting in Gradio's queue before new ones are tu
 GRADIO_CACHE_S = (3600, 6 * 3600)  # Gradio's copies of uploads: checked hourly, deleted after six hours
 SOURCES = [("the synthetic shapes task (exact masks)", "synthetic"), ("a zip with one folder per class", "zip"),
            ("images added below, class by class", "images")]
+SETS_INFO = "two or more, e.g. CoOp and CoOp + DAPT"
+NO_SETS_INFO = ("no prompt set for this backbone yet: train one under Few-shot tuning, or upload one under Model and "
+                "prompts")
 PRIVATE = {"api_visibility": "private"}  # events of the page itself, not offered through the API
 QUIET = {**PRIVATE, "show_progress": "hidden"}  # ... that redraw a part of the page without a spinner
 
@@ -89,18 +92,22 @@ class Handlers(support.AppServices):
     def refresh(self, selected: list[str] | None) -> tuple:
         """Re-reads the catalogue: prompt-set choices (keeping what is still there), table, download list."""
         view = self.catalog.view(selected)
-        return (gr.update(choices=view.choices, value=view.selected), view.rows,
+        return (gr.update(choices=view.choices, value=view.selected, info=_sets_info(view)), view.rows,
                 gr.update(choices=view.choices, value=view.first_key), view.summaries)
 
 
 # every handler the page calls, except suggest_segmenter (it catches its own errors)
-GUARDED = ("segmenter_note", "compare", "add_images", "make_masks", "clear_images", "train", "cancel",
-           "prompt_sets", "refresh", "upload_prompt_set", "download_prompt_set")
+GUARDED = ("segmenter_note", "example_note", "compare", "add_images", "make_masks", "clear_images", "train",
+           "cancel", "prompt_sets", "refresh", "upload_prompt_set", "download_prompt_set")
 for _name in GUARDED:
     setattr(Handlers, _name, _guard(getattr(Handlers, _name)))
 
 
 # --- the page: one function per tab -----------------------------------------------------------------------
+def _sets_info(view: support.CatalogView) -> str:
+    return SETS_INFO if view.choices else NO_SETS_INFO
+
+
 def _output_image(label: str, **kwargs: Any) -> gr.Image:
     return gr.Image(label=label, format="png", interactive=False, **kwargs)
 
@@ -114,17 +121,21 @@ def _compare_tab(h: Handlers, listed: support.CatalogView, device: str) -> gr.Ch
                 gr.Examples([[str(e.image)] for e in h.examples.items], inputs=[image], cache_examples=False,
                             example_labels=[e.label for e in h.examples.items], examples_per_page=12)
             sets = gr.CheckboxGroup(listed.choices, value=listed.selected, label="Prompt sets",
-                                    info="two or more, e.g. CoOp and CoOp + DAPT")
+                                    info=_sets_info(listed))
             classes = gr.Textbox("", label="Classes", placeholder="empty: the list stored with the prompt sets",
                                  info="or a comma-separated list, e.g. cat, dog, car")
             with gr.Accordion("Options", open=False):
                 segmenter = gr.Radio(h.segmenters.choices(), value="cam", label="Foreground segmenter")
                 seg_note = gr.Markdown(h.segmenters.note("cam"))
-                cam_method = gr.Dropdown(method_choices(), value=best_measured_method(), label="Attribution method",
-                                         info="default: the best pointing game measured (docs/results)")
+                measured = h.examples.cam_method in {key for _, key in method_choices()}
+                cam_method = gr.Dropdown(method_choices(), label="Attribution method",
+                                         value=h.examples.cam_method if measured else best_measured_method(),
+                                         info="default: the map the examples' numbers were measured with"
+                                         if measured else "default: the best pointing game measured (docs/results)")
                 target = gr.Textbox("", label="Explain class", placeholder="empty: each set's top prediction")
             run = gr.Button("Compare", variant="primary", elem_id="compare-run")
         with gr.Column(scale=2):
+            example_note = gr.Markdown("", elem_id="example-note")  # a picked example's own numbers, if it has any
             with gr.Row():
                 split = _output_image("Foreground / background split", scale=3, height=220)
                 chart = _output_image("Attention on the object", scale=2, height=220, show_label=False)
@@ -136,6 +147,7 @@ def _compare_tab(h: Handlers, listed: support.CatalogView, device: str) -> gr.Ch
             with gr.Accordion("Raw results (JSON)", open=False):
                 summary = gr.JSON(label="Results")
     image.change(h.suggest_segmenter, [image, segmenter], segmenter, preprocess=False, **QUIET)
+    image.change(h.example_note, image, example_note, preprocess=False, **QUIET)
     for trigger in (image.change, segmenter.change):
         trigger(h.segmenter_note, [image, segmenter], seg_note, preprocess=False, **QUIET)
     run.click(h.compare, [image, sets, classes, segmenter, cam_method, target],
@@ -219,6 +231,7 @@ def build_app(backbone: Backbone | None, *, banner: str | None = None, error: st
         return demo
     examples = support.Examples(examples_dir or support.example_dir_for(backbone))
     h = Handlers(backbone, support.PromptCatalog(backbone, bundled_dir, user_dir), examples)
+    h.catalog.preferred = examples.prompt_pair or ()  # the examples' numbers are this pair's: show it first
     listed = h.catalog.view()
     with gr.Blocks(title=TITLE, delete_cache=GRADIO_CACHE_S, analytics_enabled=False) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}")
@@ -258,7 +271,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", DEFAULT_PORT)))
     parser.add_argument("--share", action="store_true", help="also serve through a public gradio.live link")
     parser.add_argument("--backbone", default=os.environ.get("DAPT_BACKBONE") or None,
-                        help="force a backbone, e.g. tiny-vit (default: ViT-B-16, else synth-mini)")
+                        help="force a backbone, e.g. synth-mini or tiny-vit (default: ViT-B-16, else synth-web, "
+                             "else synth-mini)")
     parser.add_argument("--device", default=None, help="torch device (default: the GPU when there is one)")
     return parser.parse_args(argv)
 

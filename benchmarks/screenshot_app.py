@@ -1,4 +1,5 @@
-"""Screenshot of the offline app: start `python app.py`, compare the bundled prompt sets on one example image.
+"""Screenshot of the offline app on synth-mini: start `python app.py --backbone synth-mini`, compare the bundled prompt
+sets on one example image (the offline fallback is synth-web; the default example is one of synth-mini's scenes).
 
     python benchmarks/screenshot_app.py [--example 02_conflicting_triangle_on_sky_256.png] [--out docs/screenshot.png]
         [--all-tabs]
@@ -73,7 +74,7 @@ def main() -> int:
     if not example.is_file():
         parser.error(f"--example: {example} does not exist")
     url = f"http://127.0.0.1:{args.port}"
-    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(args.port)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "app.py", "--backbone", "synth-mini", "--port", str(args.port)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_server(url, proc)

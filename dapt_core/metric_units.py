@@ -3,7 +3,9 @@
 Prompt sets keep their evaluation in ``metadata["metrics"]``: accuracies in percent (``accuracy``,
 ``macro_f1``, ``<split>_accuracy`` from the app, ``*_acc`` of the background-shift benchmark), attention
 measures as fractions in [0, 1] (``object_attention``, ``pointing_game``, ...) and image counts (``n``). A name
-does not tell the unit (``bg_pseudo_label_acc`` is a fraction), so each is listed here with its producer.
+does not tell the unit (``bg_pseudo_label_acc`` is a fraction), so each is listed here with its producer. The
+benchmark's attention of a further attribution map is ``<metric>@<map>`` (``object_attention@gradcam++``), in the
+unit of ``<metric>``.
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ METRIC_UNITS: dict[str, str] = {
     # dapt_core.experiments.background_shift.evaluate_method
     "aligned_acc": PERCENT, "balanced_acc": PERCENT, "conflicting_acc": PERCENT, "shortcut_rate": PERCENT,
     "object_attention": FRACTION, "pointing_game": FRACTION, "object_area": FRACTION, "cue_iou": FRACTION,
-    "train_cue_iou": FRACTION, "bg_pseudo_label_acc": FRACTION,
+    "train_cue_iou": FRACTION, "bg_pseudo_label_acc": FRACTION, "worst_group_acc": PERCENT,
+    # dapt_core.experiments.background_shift.run_task_methods (the bias suite's BG-Gap, percentage points)
+    "bg_gap": PERCENT,
 }
+MAP_SEPARATOR = "@"  # "<metric>@<attribution map>"
 PERCENT_SUFFIX = "_accuracy"  # the app's held-out accuracies: "<split>_accuracy", in percent
 PERCENT_DECIMALS, FRACTION_DECIMALS = 1, 2
 
@@ -30,6 +35,9 @@ def metric_unit(key: str) -> str | None:
     """The unit of metric ``key`` (:data:`PERCENT`, :data:`FRACTION`, :data:`COUNT`), or None when unknown."""
     if key in METRIC_UNITS:
         return METRIC_UNITS[key]
+    metric, separator, _ = key.partition(MAP_SEPARATOR)
+    if separator and metric in METRIC_UNITS:
+        return METRIC_UNITS[metric]
     return PERCENT if key.endswith(PERCENT_SUFFIX) else None
 
 

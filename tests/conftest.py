@@ -4,6 +4,15 @@ import torch
 from dapt_core.backbones import load_backbone
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """The benchmark's models are tiny: one thread is faster than two on a busy CPU; restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_backbone():
     """A tiny randomly initialised ViT CLIP (2 layers per tower), built once for the whole session."""

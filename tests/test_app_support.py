@@ -64,30 +64,51 @@ def test_unknown_forced_backbone_is_an_error_page_not_a_crash():
     assert choice.backbone is None and "no-such-backbone" in choice.error
 
 
-def test_falls_back_to_synth_mini_with_the_fetch_command(monkeypatch, tiny_backbone):
-    asked = []
-
+def _loader_missing(missing: set[str], backbone, asked: list[str]):
     def fake_load(name, **kwargs):
         asked.append(name)
-        if name == "ViT-B-16":
-            raise WeightsNotFoundError("offline")
-        return tiny_backbone
+        if name in missing:
+            raise WeightsNotFoundError(f"{name} offline")
+        return backbone
+    return fake_load
 
-    monkeypatch.setattr(startup, "load_backbone", fake_load)
+
+# The fallback was synth-mini until issue 14: synth-mini ignores backgrounds, so its CoOp and CoOp+DAPT sets draw the
+# same maps; synth-web has measured context bias, so the offline app falls back to it first and to synth-mini after.
+def test_falls_back_to_synth_web_with_the_fetch_command(monkeypatch, tiny_backbone):
+    asked = []
+    monkeypatch.setattr(startup, "load_backbone", _loader_missing({"ViT-B-16"}, tiny_backbone, asked))
     choice = support.choose_backbone()
-    assert asked == ["ViT-B-16", "synth-mini"]
-    assert choice.backbone is tiny_backbone
-    assert support.FETCH_COMMAND in choice.banner and "synth-mini" in choice.banner
+    assert asked == ["ViT-B-16", "synth-web"]
+    assert choice.backbone is tiny_backbone and choice.error is None
+    assert support.FETCH_COMMAND in choice.banner and "**synth-web**" in choice.banner
+    assert "context bias" in choice.banner and "synth-mini" not in choice.banner
+
+
+def test_falls_back_to_synth_mini_when_synth_web_is_missing_too(monkeypatch, tiny_backbone):
+    asked = []
+    monkeypatch.setattr(startup, "load_backbone", _loader_missing({"ViT-B-16", "synth-web"}, tiny_backbone, asked))
+    choice = support.choose_backbone()
+    assert asked == ["ViT-B-16", "synth-web", "synth-mini"]
+    assert choice.backbone is tiny_backbone and "**synth-mini**" in choice.banner
+
+
+def test_a_forced_bundled_backbone_says_what_it_is(monkeypatch, tiny_backbone):
+    asked = []
+    monkeypatch.setattr(startup, "load_backbone", _loader_missing(set(), tiny_backbone, asked))
+    choice = support.choose_backbone("synth-mini")
+    assert asked == ["synth-mini"] and "**synth-mini**" in choice.banner
+    assert support.FETCH_COMMAND not in choice.banner  # asked for, not a fallback
 
 
 def test_no_backbone_at_all_says_what_to_do(monkeypatch):
-    def missing(name, **kwargs):
-        raise WeightsNotFoundError(f"{name} missing")
-
-    monkeypatch.setattr(startup, "load_backbone", missing)
+    asked = []
+    monkeypatch.setattr(startup, "load_backbone", _loader_missing({"ViT-B-16", "synth-web", "synth-mini"}, None,
+                                                                  asked))
     choice = support.choose_backbone()
-    assert choice.backbone is None
+    assert choice.backbone is None and asked == ["ViT-B-16", "synth-web", "synth-mini"]
     assert support.FETCH_COMMAND in choice.error and "--backbone tiny-vit" in choice.error
+    assert "synth-web offline; synth-mini offline" in choice.error
 
 
 def test_parse_classnames():
@@ -138,6 +159,24 @@ def test_catalogue_lists_only_sets_that_fit_and_defaults_to_coop_and_dapt(prompt
     assert catalog.default_keys() == ["bundled/b-coop", "bundled/c-dapt"]
     with pytest.raises(KeyError, match="refresh"):
         catalog.get("bundled/d-foreign")
+    catalog.preferred = ("a-maple", "c-dapt")  # the examples' pair, when both are listed, comes first
+    assert catalog.default_keys() == ["bundled/a-maple", "bundled/c-dapt"]
+    assert catalog.view().selected == ["bundled/a-maple", "bundled/c-dapt"]
+    catalog.preferred = ("a-maple", "e-gone")  # a pair with a set that is not listed: the usual default
+    assert catalog.default_keys() == ["bundled/b-coop", "bundled/c-dapt"]
+
+
+def test_examples_name_the_prompt_pair_their_numbers_are_of(tmp_path):
+    _png(tmp_path / "00_x.png", size=8)
+    manifest = {"cam_methods": ["relevance", "gradcam"], "rule": {"base": "maple", "dapt": "maple+dapt-mask"},
+                "prompt_sets": {"coop": "web-coop", "maple": "web-maple", "maple+dapt-mask": "web-maple-dapt"},
+                "examples": [{"file": "00_x.png"}]}
+    (tmp_path / "examples.json").write_text(json.dumps(manifest))
+    examples = support.Examples(tmp_path)
+    assert (examples.prompt_pair, examples.cam_method) == (("web-maple", "web-maple-dapt"), "relevance")
+    manifest["rule"]["dapt"] = "coop+dapt-mask"  # not among its prompt sets: no pair
+    (tmp_path / "examples.json").write_text(json.dumps(manifest))
+    assert support.Examples(tmp_path).prompt_pair is None
 
 
 def test_cached_learners_are_never_shared_across_class_lists(prompt_dirs, tiny_backbone):
@@ -401,13 +440,16 @@ def test_temp_files_prune_old_folders_and_vanish_with_their_owner():
 
 
 def test_examples_follow_the_backbone(tiny_backbone):
-    from dapt_core.app_support import EXAMPLE_DIR, PHOTO_DIR, Examples, example_dir_for
+    from dapt_core.app_support import EXAMPLE_DIR, PHOTO_DIR, WEB_EXAMPLE_DIR, Examples, example_dir_for
     from dapt_core.backbones import get_backbone_spec
 
+    def named(name):
+        return type(tiny_backbone)(spec=get_backbone_spec(name), model=tiny_backbone.model,
+                                   tokenizer=tiny_backbone.tokenizer, image_size=32, mean=(0, 0, 0), std=(1, 1, 1))
+
     assert example_dir_for(tiny_backbone) == EXAMPLE_DIR
-    photo_backbone = type(tiny_backbone)(spec=get_backbone_spec("ViT-B-16"), model=tiny_backbone.model,
-                                         tokenizer=tiny_backbone.tokenizer, image_size=32, mean=(0, 0, 0),
-                                         std=(1, 1, 1))
-    assert example_dir_for(photo_backbone) == PHOTO_DIR
+    assert example_dir_for(named("synth-mini")) == EXAMPLE_DIR
+    assert example_dir_for(named("synth-web")) == WEB_EXAMPLE_DIR == EXAMPLE_DIR.parent / "examples_web"
+    assert example_dir_for(named("ViT-B-16")) == PHOTO_DIR
     photos = Examples(PHOTO_DIR)
     assert {e.image.name for e in photos.items} == {"astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"}

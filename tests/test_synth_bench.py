@@ -15,24 +15,19 @@ from dapt_core.world import OBJECT_CLASSES
 from dapt_core.experiments.background_shift import (
     METHODS,
     BenchConfig,
+    bench_task,
     build_task,
     load_task,
     quick_config,
     run_bench,
     train_method,
 )
+from dapt_core.experiments.background_shift_prompts import train_prompt_sets
 from dapt_core.experiments.background_shift_results import SUMMARY_FIELDS, merge_results
-from dapt_core.experiments.background_shift_report import FINDINGS_HEADING, train_prompt_sets, write_examples, write_report
+from dapt_core.experiments.background_shift_report import FINDINGS_HEADING, write_examples, write_report
 from dapt_core.train import predict
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The models here are tiny: one thread is faster than two on a busy CPU; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 REDUCED = {"backbone": "tiny-vit", "device": "cpu", "n_classes": 3, "n_test": 2, "epochs": 1}
 
@@ -103,7 +98,7 @@ def _zero_shot_clip_predictions(backbone, classnames, samples) -> np.ndarray:
 def test_zero_shot_method_is_zero_shot_clip(tmp_path, tiny_backbone):
     cfg = BenchConfig(shots=(1,), seeds=(2,), methods=("zero-shot",), **{**REDUCED, "n_test": 4})
     result = run_bench(cfg, backbone=tiny_backbone)
-    data = load_task(build_task(cfg, 2, 1), tmp_path / "task")
+    data = load_task(bench_task(cfg, 2, 1), tmp_path / "task")
     learner, history = train_method(METHODS["zero-shot"], tiny_backbone, data, cfg, seed=2)
     assert history == [] and learner.kind == "coop"
     run = result["runs"][0]
@@ -117,14 +112,16 @@ def test_zero_shot_method_is_zero_shot_clip(tmp_path, tiny_backbone):
 
 def test_labels_follow_task_class_names_not_folder_order(tmp_path):
     cfg = BenchConfig(shots=(2,), seeds=(1,), n_classes=4, n_test=1)
-    data = load_task(build_task(cfg, 1, 2), tmp_path / "task")
+    task = build_task(cfg, 1, 2)
+    data = load_task(bench_task(cfg, 1, 2), tmp_path / "task")
     # the task's classes are not in sorted order, so a folder-order labelling would differ
     assert list(data.task.classnames) != sorted(data.task.classnames)
     for split, samples in data.samples.items():
-        assert [s.classname for s in samples] == [sc.object for sc in data.scenes[split]]
-        assert [s.label for s in samples] == list(data.task.labels(data.scenes[split]))
+        scenes = getattr(task, split)
+        assert [s.classname for s in samples] == [sc.object for sc in scenes]
+        assert [s.label for s in samples] == list(task.labels(scenes))
         mask = data.masks[split].get(0, samples[0])
-        assert np.array_equal(mask > 0.5, data.scenes[split][0].mask)
+        assert np.array_equal(mask > 0.5, scenes[0].mask)
 
 
 def test_prompt_sets_command_saves_small_sets_with_metrics(tmp_path, tiny_backbone, capsys):

@@ -88,6 +88,7 @@ class PromptCatalog:
         self._lock = threading.Lock()
         self._fingerprint: str | None = None  # of the shared backbone, frozen for the app's life: taken once
         self.write_lock = threading.Lock()  # choosing a new file name and writing it happen together
+        self.preferred: tuple[str, ...] = ()  # bundled file stems selected by default (the examples' pair)
 
     @property
     def user_dir(self) -> Path:
@@ -119,8 +120,12 @@ class PromptCatalog:
         return [listed[key] for key in keys]
 
     def default_keys(self, entries: list[CatalogEntry] | None = None) -> list[str]:
-        """The first plain set and the first DAPT set (CoOp preferred), else the first two."""
+        """The bundled pair of :attr:`preferred` (file stems) when both are listed; else the first plain set and the
+        first DAPT set (CoOp preferred); else the first two."""
         entries = self.entries() if entries is None else entries
+        wanted = [f"bundled/{stem}" for stem in self.preferred]
+        if wanted and all(key in {e.key for e in entries} for key in wanted):
+            return wanted
 
         def first(dapt: bool) -> str | None:
             kinds = [e for e in entries if bool((e.info.meta.get("dapt") or {}).get("cue", "off") != "off") == dapt]

@@ -55,6 +55,10 @@ class AppServices:
     def segmenter_note(self, image: Any, segmenter: str) -> str:
         return self.comparer.segmenter_note(image, segmenter)
 
+    def example_note(self, image: Any) -> str:
+        """The picked example's own numbers beside the benchmark's (markdown); "" for any other picture."""
+        return self.examples.note(upload_path(image))
+
     def compare(self, image: Any, set_keys: list[str] | None, classes: str, segmenter: str, cam_method: str,
                 target: str) -> CompareOutputs:
         """Runs every chosen prompt set on the image; returns the split, overlays, table, chart, figure, JSON."""

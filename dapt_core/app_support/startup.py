@@ -26,14 +26,28 @@ from dapt_core.weights import WeightsNotFoundError
 log = logging.getLogger(__name__)
 
 REAL_BACKBONE = "ViT-B-16"
-BUNDLED_BACKBONE = "synth-mini"
+# the bundled backbones the app falls back to, in order, when the real weights are missing: synth-web has the
+# context bias that DAPT is meant to remove (its maps move), synth-mini ignores backgrounds
+FALLBACK_BACKBONES = ("synth-web", "synth-mini")
 REAL_WEIGHTS = "clip-vit-b-16-openai"
 FETCH_COMMAND = f"python -m dapt_core weights fetch {REAL_WEIGHTS}"
 BUNDLED_PROMPT_DIR = paths.CHECKPOINT_DIR / "prompts"
 USER_PROMPT_DIR = Path(os.environ.get("DAPT_USER_PROMPTS", paths.CHECKPOINT_DIR / "user"))
 EXAMPLE_DIR = paths.ASSETS_DIR / "examples"  # scenes of the synthetic world, for the backbones trained on it
+WEB_EXAMPLE_DIR = paths.ASSETS_DIR / "examples_web"  # conflicting scenes of the rehomed web task, for synth-web
 PHOTO_DIR = paths.ASSETS_DIR / "photos"  # public-domain photographs, for backbones trained on photographs
-SYNTHETIC_WORLD_BACKBONES = ("synth-mini", "tiny-vit")
+# each backbone of a synthetic world gets its world's scenes; every other backbone the photographs
+EXAMPLE_DIRS = {"synth-mini": EXAMPLE_DIR, "tiny-vit": EXAMPLE_DIR, "synth-web": WEB_EXAMPLE_DIR}
+# what the banner says a bundled backbone is
+BUNDLED_DESCRIPTIONS = {
+    "synth-web": ("the bundled **synth-web** backbone, a small CLIP trained on a web-like synthetic world where "
+                  "each object mostly appears on its two home backgrounds, so it has measured context bias "
+                  "(checkpoints/synth-web.md); its prompt sets and examples come from a downstream task whose usual "
+                  "backgrounds are other objects' web homes"),
+    "synth-mini": ("the bundled **synth-mini** backbone, a small CLIP trained on this project's synthetic shapes "
+                   "world with backgrounds independent of objects: it reads the object and ignores the background, "
+                   "so prompt sets with and without DAPT draw nearly the same maps"),
+}
 # Not constants.IMAGE_EXTENSIONS: examples are shown as thumbnails, so only formats every browser draws
 EXAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 EXAMPLE_MANIFEST = "examples.json"
@@ -54,7 +68,8 @@ class BackboneChoice:
 
 
 def choose_backbone(forced: str | None = None, *, device: str | None = None, download: bool = True) -> BackboneChoice:
-    """Loads the backbone the app serves: ``forced`` if given, else ViT-B/16 (OpenAI), else synth-mini.
+    """Loads the backbone the app serves: ``forced`` if given, else ViT-B/16 (OpenAI), else the first of
+    :data:`FALLBACK_BACKBONES` whose weights are here (synth-web, then synth-mini).
 
     Args:
         forced: a registry name that must be used (``--backbone`` / ``DAPT_BACKBONE``).
@@ -71,24 +86,29 @@ def choose_backbone(forced: str | None = None, *, device: str | None = None, dow
         if get_backbone_spec(forced).test_only:
             banner = (f"Backbone `{forced}` has **random weights**: it is meant for tests and timing, its "
                       "predictions mean nothing.")
+        elif forced in BUNDLED_DESCRIPTIONS:
+            banner = f"Running on {BUNDLED_DESCRIPTIONS[forced]}."
         return BackboneChoice(backbone, banner, None)
     try:
         return BackboneChoice(load_backbone(REAL_BACKBONE, device=device, download=download), None, None)
     except WeightsNotFoundError as err:
-        log.warning("ViT-B/16 weights unavailable, falling back to %s: %s", BUNDLED_BACKBONE, err)
-    try:
-        backbone = load_backbone(BUNDLED_BACKBONE, device=device, download=False)
-    except WeightsNotFoundError as err:
-        log.error("no backbone can be loaded: %s", err)
-        return BackboneChoice(None, None, (
-            "No backbone could be loaded. The CLIP ViT-B/16 weights are not on this machine and could not be "
-            f"downloaded, and the bundled synth-mini weights are missing too ({err}).\n\nFetch the real weights "
-            f"on a machine that is online with `{FETCH_COMMAND}` (then restart the app), or start with "
-            "`--backbone tiny-vit` to try the interface with random weights."))
-    return BackboneChoice(backbone, (
-        "Running on the bundled **synth-mini** backbone (a small CLIP trained on this project's synthetic "
-        "shapes world), because the CLIP ViT-B/16 weights are not available offline. For real photos, fetch "
-        f"them with `{FETCH_COMMAND}` and restart the app."), None)
+        log.warning("ViT-B/16 weights unavailable, falling back to the bundled backbones: %s", err)
+    missing = []
+    for name in FALLBACK_BACKBONES:
+        try:
+            backbone = load_backbone(name, device=device, download=False)
+        except WeightsNotFoundError as err:
+            log.error("the bundled backbone %s cannot be loaded: %s", name, err)
+            missing.append(str(err))
+            continue
+        return BackboneChoice(backbone, (
+            f"Running on {BUNDLED_DESCRIPTIONS[name]}, because the CLIP ViT-B/16 weights are not available "
+            f"offline. For real photos, fetch them with `{FETCH_COMMAND}` and restart the app."), None)
+    return BackboneChoice(None, None, (
+        "No backbone could be loaded. The CLIP ViT-B/16 weights are not on this machine and could not be "
+        f"downloaded, and the bundled {' and '.join(FALLBACK_BACKBONES)} weights are missing too "
+        f"({'; '.join(missing)}).\n\nFetch the real weights on a machine that is online with `{FETCH_COMMAND}` "
+        "(then restart the app), or start with `--backbone tiny-vit` to try the interface with random weights."))
 
 
 def describe_backbone(backbone: Backbone) -> str:
@@ -105,20 +125,33 @@ class Example:
     image: Path  # the picture offered (the manifest's viewing copy when it has one)
     label: str  # caption under the thumbnail
     mask: Path | None  # its exact object mask (255 = object), when known
+    note: str | None = None  # markdown shown when it is picked: its own numbers beside the benchmark's
 
 
 class Examples:
-    """The example images of ``folder``. With an ``examples.json`` manifest (entries with ``file``, and optionally
-    ``view``, ``mask``, ``split``, ``object``, ``background``) its images come with labels and exact masks;
-    otherwise every image file is an example, except ``*_mask.*`` files. An upload is recognised as an example
-    by its bytes, so its exact mask can be used whatever the upload was called."""
+    """The example images of ``folder``. With an ``examples.json`` manifest its images come with labels, exact masks
+    and notes. The manifest is a list of entries, or an object whose ``examples`` is that list (the web bundle's,
+    :mod:`dapt_core.experiments.web_bundle_report`); an entry has ``file`` and optionally ``view``, ``mask``,
+    ``caption`` (else the label is made of ``split``, ``object`` and ``background``) and ``note``. Without a
+    manifest every image file is an example, except ``*_mask.*`` files. An upload is recognised as an example by
+    its bytes, so its exact mask and note are found whatever the upload was called. ``cam_method``: the
+    attribution map the examples' numbers were measured with (the object manifest's first ``cam_methods``), else
+    None; ``prompt_pair``: the file stems of the (base, DAPT) prompt sets whose difference picked the examples (the
+    object manifest's ``rule`` and ``prompt_sets``), else None."""
 
     def __init__(self, folder: Path = EXAMPLE_DIR) -> None:
         self.items: list[Example] = []
+        self.cam_method: str | None = None
+        self.prompt_pair: tuple[str, str] | None = None
         manifest = folder / EXAMPLE_MANIFEST
         if manifest.is_file():
             try:
                 entries = json.loads(manifest.read_text(encoding="utf-8"))
+                if isinstance(entries, dict):
+                    measured = (entries.get("cam_methods") or [None])[0]
+                    self.cam_method = measured if isinstance(measured, str) else None
+                    self.prompt_pair = _prompt_pair(entries)
+                    entries = entries["examples"]
                 self.items = [self._from_entry(folder, e) for e in entries]
             except (ValueError, KeyError, TypeError, OSError) as err:
                 log.warning("ignoring the broken example manifest %s: %s", manifest, err)
@@ -127,14 +160,19 @@ class Examples:
                           if p.suffix.lower() in EXAMPLE_SUFFIXES and not p.name.startswith(".")
                           and not p.stem.endswith(MASK_SUFFIX)]
         self.items = [e for e in self.items if e.image.is_file()]
-        self._masks = {_digest(e.image): e.mask for e in self.items if e.mask is not None and e.mask.is_file()}
+        self._by_digest = {_digest(e.image): e for e in self.items if e.note or e.mask is not None}
+        self._masks = {digest: e.mask for digest, e in self._by_digest.items()
+                       if e.mask is not None and e.mask.is_file()}
 
     @staticmethod
     def _from_entry(folder: Path, entry: dict) -> Example:
         view = folder / (entry.get("view") or entry["file"])
         words = [entry.get("split"), " on ".join(w for w in (entry.get("object"), entry.get("background")) if w)]
-        label = ": ".join(w for w in words if w) or view.stem
-        return Example(view, label, folder / entry["mask"] if entry.get("mask") else None)
+        label = entry.get("caption") or ": ".join(w for w in words if w) or view.stem
+        note = entry.get("note")
+        if note is not None and not isinstance(note, str):
+            raise TypeError(f"{entry['file']}: its note is not text")
+        return Example(view, label, folder / entry["mask"] if entry.get("mask") else None, note)
 
     def exact_mask(self, path: Path) -> np.ndarray | None:
         """The exact (H, W) bool object mask of an upload that is one of the examples, else None."""
@@ -143,10 +181,28 @@ class Examples:
         mask_path = self._masks.get(_digest(path))
         return None if mask_path is None else read_mask_file(mask_path) >= MASK_THRESHOLD
 
+    def note(self, path: Path | None) -> str:
+        """The note of an upload that is one of the examples (its numbers, in markdown), else ``""``."""
+        if path is None or not any(e.note for e in self._by_digest.values()):
+            return ""
+        try:
+            found = self._by_digest.get(_digest(path))
+        except OSError:  # an upload that is gone meanwhile
+            return ""
+        return (found.note or "") if found is not None else ""
+
+
+def _prompt_pair(manifest: dict) -> tuple[str, str] | None:
+    """The prompt-set stems of an object manifest's (base, DAPT) pair, when it names both."""
+    rule, stems = manifest.get("rule") or {}, manifest.get("prompt_sets") or {}
+    pair = tuple(stems.get(rule.get(side)) for side in ("base", "dapt"))
+    return pair if all(isinstance(stem, str) for stem in pair) else None
+
 
 def example_dir_for(backbone: Backbone) -> Path:
-    """Synthetic scenes for the backbones of the synthetic world, photographs for every other one."""
-    return EXAMPLE_DIR if backbone.name in SYNTHETIC_WORLD_BACKBONES else PHOTO_DIR
+    """The scenes of a synthetic world for the backbones trained on it (:data:`EXAMPLE_DIRS`), photographs for
+    every other one."""
+    return EXAMPLE_DIRS.get(backbone.name, PHOTO_DIR)
 
 
 def _digest(path: Path) -> str:

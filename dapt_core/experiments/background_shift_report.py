@@ -1,5 +1,5 @@
-"""What the background-shift benchmark leaves on disk: raw JSON, a Markdown table, a figure, example images and
-the bundled prompt sets.
+"""What the background-shift benchmark leaves on disk: raw JSON (with the per-scene values in a JSON-lines file
+beside it), a Markdown table, a figure and example images (the prompt sets: :mod:`background_shift_prompts`).
 
 The Markdown report is regenerated on every run, except for its ``## Findings`` section: a hand-written
 reading of the numbers survives a rerun. Figures use ``matplotlib.figure.Figure`` (never pyplot) and are
@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, replace
 from pathlib import Path
 
 import cv2
@@ -20,13 +19,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from dapt_core.fileio import write_bytes_atomic
-from dapt_core.backbones import Backbone, load_backbone
-from dapt_core.checkpoint import save_prompt_set
+from dapt_core.metric_units import MAP_SEPARATOR
 from dapt_core.viz.figure import save_figure
-from dapt_core.learners.base import PromptLearner
-from dapt_core.experiments.background_shift import METHODS, BenchConfig, Method, Reporter, run_task_methods, task_names
+from dapt_core.experiments.background_shift_results import attach_per_scene, split_per_scene
 from dapt_core.world.shapes import PoseConfig
-from dapt_core.world.task import make_task, spurious_pairing
+from dapt_core.world.task import make_task
+from dapt_core.world.web import DEFAULT_WEB_CONFIG
 
 FINDINGS_HEADING = "## Findings"
 FINDINGS_PLACEHOLDER = "_Not written yet: read the tables above and the diagnostics, then record what they show._"
@@ -36,9 +34,19 @@ TABLE_COLUMNS = (
     ("balanced_acc", "balanced acc %", 1.0, 1),
     ("conflicting_acc", "conflicting acc %", 1.0, 1),
     ("shortcut_rate", "conflicting: predicted the background's class %", 1.0, 1),
+    ("worst_group_acc", "worst group acc % (class x aligned/conflicting)", 1.0, 1),
     ("object_attention", "object attention (0-1)", 1.0, 3),
     ("pointing_game", "pointing game (0-1)", 1.0, 3),
+    ("bg_gap", "BG-Gap, Mixed-Same − Mixed-Rand (% points)", 1.0, 1),
 )
+# the metrics whose 95% intervals over seeds get a table of their own
+INTERVAL_KEYS = ("conflicting_acc", "worst_group_acc", "shortcut_rate", "object_attention", "bg_gap")
+# (key, column title, format) of the DAPT-minus-base table; attention of further maps is added per run
+DELTA_COLUMNS = (("conflicting_acc", "conflicting acc (points)", "+.1f"),
+                 ("balanced_acc", "balanced acc (points)", "+.1f"),
+                 ("object_attention", "object attention", "+.3f"),
+                 ("worst_group_acc", "worst group acc (points)", "+.1f"),
+                 ("bg_gap", "BG-Gap (points)", "+.1f"))
 DIAGNOSTIC_COLUMNS = (
     ("object_area", "object area share = chance level of the attention metrics (conflicting)", 1.0, 3),
     ("train_cue_iou", "Grad-CAM cue IoU with the true mask (train images)", 1.0, 3),
@@ -66,24 +74,51 @@ def _cell(stats: dict | None, scale: float, decimals: int) -> str:
     return f"{mean:.{decimals}f} ± {std:.{decimals}f}" if stats["n"] > 1 else f"{mean:.{decimals}f}"
 
 
-def _table(per_method: dict, columns: tuple) -> list[str]:
+def _interval_cell(stats: dict | None, scale: float, decimals: int) -> str:
+    if stats is None or not stats.get("ci95"):
+        return "n/a"
+    low, high = (v * scale for v in stats["ci95"])
+    return f"{low:.{decimals}f} – {high:.{decimals}f}"
+
+
+def _table(per_method: dict, columns: tuple, cell=_cell) -> list[str]:
     lines = ["| method | " + " | ".join(title for _, title, _, _ in columns) + " |",
              "|---" * (len(columns) + 1) + "|"]
     for method, stats in per_method.items():
-        cells = [_cell(stats.get(key), scale, dec) for key, _, scale, dec in columns]
+        cells = [cell(stats.get(key), scale, dec) for key, _, scale, dec in columns]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return lines
 
 
-def _deltas(per_method: dict) -> list[str]:
-    lines = ["| DAPT vs base | conflicting acc (points) | balanced acc (points) | object attention |",
-             "|---|---|---|---|"]
+def cam_methods(cfg: dict) -> tuple[str, ...]:
+    """The attention maps of a run's config (a result written before there were several: Grad-CAM alone)."""
+    return tuple(cfg.get("cam_methods", ("gradcam",)))
+
+
+def table_columns(cfg: dict) -> tuple:
+    """:data:`TABLE_COLUMNS` with, after the first map's attention columns, the two of each further map of the run."""
+    more = tuple((f"{metric}{MAP_SEPARATOR}{cam}", f"{title}, {cam} (0-1)", 1.0, 3) for cam in cam_methods(cfg)[1:]
+                 for metric, title in (("object_attention", "object attention"), ("pointing_game", "pointing game")))
+    after = [key for key, _, _, _ in TABLE_COLUMNS].index("pointing_game") + 1
+    return TABLE_COLUMNS[:after] + more + TABLE_COLUMNS[after:]
+
+
+def _deltas(per_method: dict, cfg: dict) -> list[str]:
+    columns = DELTA_COLUMNS + tuple((f"object_attention{MAP_SEPARATOR}{cam}", f"object attention, {cam}", "+.3f")
+                                    for cam in cam_methods(cfg)[1:])
+    lines = ["| DAPT vs base | " + " | ".join(title for _, title, _ in columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
     for base, dapt in DAPT_PAIRS:
         if base in per_method and dapt in per_method:
-            diff = [per_method[dapt][k]["mean"] - per_method[base][k]["mean"]
-                    for k in ("conflicting_acc", "balanced_acc", "object_attention")]
-            lines.append(f"| {dapt} − {base} | {diff[0]:+.1f} | {diff[1]:+.1f} | {diff[2]:+.3f} |")
+            cells = [_difference(per_method[dapt].get(k), per_method[base].get(k), fmt) for k, _, fmt in columns]
+            lines.append(f"| {dapt} − {base} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _difference(dapt: dict | None, base: dict | None, fmt: str) -> str:
+    if dapt is None or base is None or math.isnan(dapt["mean"]) or math.isnan(base["mean"]):
+        return "n/a"
+    return format(dapt["mean"] - base["mean"], fmt)
 
 
 def _existing_findings(path: Path) -> str | None:
@@ -102,36 +137,78 @@ def _radius_text(radius: Sequence[float] | None) -> str:
     return f"{radius[0]}-{radius[1]} of the side"
 
 
-def markdown_report(result: dict, findings: str | None = None, command: str | None = None) -> str:
-    """The report text: one table per shot count, DAPT-minus-base deltas, diagnostics, settings, findings."""
+def _task_text(cfg: dict) -> str:
+    """What the run's task trains and tests on, in the report's words."""
+    world, variant = cfg.get("world", "synth"), cfg.get("task_variant", "home")
+    if world == "synth":
+        return ("Training shows every object on its own background only. Test splits: *aligned* (pairing holds), "
+                "*balanced* (backgrounds independent of the object), *conflicting* (every object on another class's "
+                "training background).")
+    if variant == "rehomed":
+        return (f"The web world's rehomed task: a downstream data set whose classes' usual backgrounds (their "
+                f"downstream homes) are another class's web homes. Training shows each class on a downstream home "
+                f"with probability {DEFAULT_WEB_CONFIG.p_home}, else on one of the other backgrounds. Test splits: "
+                "*aligned* (downstream homes), *balanced* (all 16 backgrounds cycled), *conflicting* (the 12 "
+                "backgrounds that are a home of the class in neither map).")
+    return (f"The web world's task: training shows each class on one of its two web home backgrounds with "
+            f"probability {DEFAULT_WEB_CONFIG.p_home}, else on one of the 14 others. Test splits: *aligned* (home "
+            "backgrounds), *balanced* (all 16 backgrounds cycled), *conflicting* (the 14 non-home backgrounds).")
+
+
+def _measures_text(result: dict) -> str:
+    """What the attention, group and suite columns measure, in the report's words."""
+    cams = cam_methods(result["config"])
+    first = "Grad-CAM" if cams[0] == "gradcam" else f"`{cams[0]}`"
+    text = (f"Attention columns: {first} of the TRUE class on the conflicting images, share of its energy inside the "
+            "true object mask (`object_share`) and whether its peak is on the object (`pointing_game`)")
+    if len(cams) > 1:
+        text += "; the same with " + ", ".join(f"`{c}`" for c in cams[1:]) + " in the columns that name it"
+    text += (". Worst group: the lowest accuracy over the groups class x {aligned, conflicting} (each class's scenes "
+             "of one of the two splits).")
+    suite = result["settings"].get("bias_suite")
+    if suite:
+        text += (f" BG-Gap: the tuned model in the bias suite ({suite['per_class']} base scenes per class, seeded "
+                 "by the task seed), accuracy with the object pasted on a fresh background of its own class's home "
+                 f"minus on another class's home, in points; home: {suite['homes']}.")
+    return text + " `zero-shot` is CoOp initialised from \"a photo of a\" and not trained."
+
+
+def _setup_text(result: dict) -> str:
     cfg = result["config"]
-    lines = ["# Background-shift benchmark on the synthetic world", ""]
+    world = cfg.get("world", "synth")
+    where = (f"object radius {_radius_text(cfg.get('object_radius'))}; " if world == "synth"
+             else f"task variant `{cfg.get('task_variant', 'home')}`; ")
+    context = "; CoOp with class-specific context" if cfg.get("coop_class_specific") else ""
+    return (f"Backbone `{cfg['backbone']}`; shots {list(cfg['shots'])}; seeds {list(cfg['seeds'])} (mean ± sample std "
+            f"over seeds where there are several); {cfg['epochs']} epochs, batch {cfg['batch_size']}, lr {cfg['lr']}, "
+            f"random-resized crops of at least {cfg.get('crop_min', 0.08)} of the image; {where}"
+            f"DAPT schedule `{cfg['schedule']}` (switch epoch {result['settings']['dapt']['mask']['switch_epoch']})"
+            f"{context}; {result['settings']['task']['n_classes']} classes, {cfg['n_test']} test images per class "
+            f"and split; wall time {result['seconds']:.0f} s.")
+
+
+def markdown_report(result: dict, findings: str | None = None, command: str | None = None) -> str:
+    """The report text: one table per shot count, DAPT-minus-base deltas, 95% intervals over seeds, diagnostics,
+    settings, findings."""
+    cfg = result["config"]
+    world = cfg.get("world", "synth")
+    title = "the synthetic world" if world == "synth" else f"the {world} world ({cfg.get('task_variant')} task)"
+    lines = [f"# Background-shift benchmark on {title}", ""]
     if command:
         lines += [f"Command: `{command}`", ""]
-    lines += [
-        f"Backbone `{cfg['backbone']}`; shots {list(cfg['shots'])}; seeds {list(cfg['seeds'])} (mean ± sample std "
-        f"over seeds where there are several); {cfg['epochs']} epochs, batch {cfg['batch_size']}, lr {cfg['lr']}, "
-        f"random-resized crops of at least {cfg.get('crop_min', 0.08)} of the image; "
-        f"object radius {_radius_text(cfg.get('object_radius'))}; "
-        f"DAPT schedule `{cfg['schedule']}` (switch epoch {result['settings']['dapt']['mask']['switch_epoch']}); "
-        f"{result['settings']['task']['n_classes']} classes, {cfg['n_test']} test images per class and split; "
-        f"wall time {result['seconds']:.0f} s.",
-        "",
-    ]
+    lines += [_setup_text(result), ""]
     if result["tasks_done"] < result["tasks_total"]:
         lines += [f"**Partial: {result['tasks_done']} of {result['tasks_total']} (shots, seed) tasks done so far.**",
                   ""]
-    lines += [
-        "Training shows every object on its own background only. Test splits: *aligned* (pairing holds), "
-        "*balanced* (backgrounds independent of the object), *conflicting* (every object on another class's "
-        "training background). Attention columns: Grad-CAM of the TRUE class on the conflicting images, "
-        "share of its energy inside the true object mask (`object_share`) and whether its peak is on the "
-        "object (`pointing_game`). `zero-shot` is CoOp initialised from \"a photo of a\" and not trained.",
-        "",
-    ]
+    lines += [_task_text(cfg) + " " + _measures_text(result), ""]
+    columns = table_columns(cfg)
+    intervals = tuple(c for c in columns if c[0].partition(MAP_SEPARATOR)[0] in INTERVAL_KEYS)
     for shots, per_method in result["summary"].items():
-        lines += [f"## {shots} shot(s) per class", "", *_table(per_method, TABLE_COLUMNS), "",
-                  *_deltas(per_method), "", "Diagnostics:", "", *_table(per_method, DIAGNOSTIC_COLUMNS), ""]
+        lines += [f"## {shots} shot(s) per class", "", *_table(per_method, columns), "", *_deltas(per_method, cfg), ""]
+        if any(stats.get("ci95") for run in per_method.values() for stats in run.values()):
+            lines += ["95% intervals of the mean over seeds (Student's t):", "",
+                      *_table(per_method, intervals, _interval_cell), ""]
+        lines += ["Diagnostics:", "", *_table(per_method, DIAGNOSTIC_COLUMNS), ""]
     lines += ["## Settings", "", "```json", json.dumps(result["settings"], indent=1), "```", ""]
     lines += [findings.rstrip() if findings else f"{FINDINGS_HEADING}\n\n{FINDINGS_PLACEHOLDER}", ""]
     return "\n".join(lines)
@@ -155,7 +232,8 @@ def readme_block(result: dict, shots: int | None = None) -> str:
     seeds = list(result["config"]["seeds"])
     intro = (f"{shots} shots, backbone `{result['config']['backbone']}`, mean ± std over seeds {seeds}, "
              f"written by `python -m dapt_core bench synth-readme`:")
-    return "\n".join([intro, "", *_table(per_method, TABLE_COLUMNS), "", *_deltas(per_method)])
+    cfg = result["config"]
+    return "\n".join([intro, "", *_table(per_method, table_columns(cfg)), "", *_deltas(per_method, cfg)])
 
 
 def replace_marked(text: str, block: str, markers: tuple[str, str] = README_MARKERS) -> str:
@@ -209,14 +287,41 @@ def bench_figure(result: dict) -> Figure:
 
 def write_report(result: dict, out_dir: str | Path, name: str = "synth_bench",
                  command: str | None = None) -> dict[str, Path]:
-    """Write ``<name>.json``, ``<name>.md`` (keeping an existing Findings section) and ``<name>.png``."""
+    """Write ``<name>.json``, ``<name>.md`` (keeping an existing Findings section) and ``<name>.png``; the records'
+    per-scene values go to ``<name>_scenes.jsonl`` (one line per record), which :func:`read_result` puts back."""
     out_dir = Path(out_dir)
     paths = {"json": out_dir / f"{name}.json", "markdown": out_dir / f"{name}.md", "figure": out_dir / f"{name}.png"}
-    _write_text(paths["json"], json.dumps(result, indent=1, default=str) + "\n")
+    main, per_scene = split_per_scene(result)
+    _write_text(paths["json"], json.dumps(main, indent=1, default=str) + "\n")
+    if per_scene:
+        paths["scenes"] = scenes_path(paths["json"])
+        _write_text(paths["scenes"], "".join(json.dumps(line) + "\n" for line in per_scene))
     findings = _existing_findings(paths["markdown"])
-    _write_text(paths["markdown"], markdown_report(result, findings, command))
-    save_figure(bench_figure(result), paths["figure"])
+    _write_text(paths["markdown"], markdown_report(main, findings, command))
+    save_figure(bench_figure(main), paths["figure"])
     return paths
+
+
+def scenes_path(json_path: str | Path) -> Path:
+    """The per-scene file beside a result's JSON: ``<name>.json`` -> ``<name>_scenes.jsonl``."""
+    json_path = Path(json_path)
+    return json_path.with_name(f"{json_path.stem}_scenes.jsonl")
+
+
+def read_result(path: str | Path) -> dict:
+    """A result that :func:`write_report` wrote, with its per-scene values when their file is beside it.
+
+    Raises:
+        ValueError: the file (or the per-scene file) is not JSON that `bench synth` writes.
+    """
+    path = Path(path)
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+        lines = ([json.loads(line) for line in scenes_path(path).read_text(encoding="utf-8").splitlines() if line]
+                 if scenes_path(path).is_file() else [])
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not a JSON file written by `bench synth` ({err})") from err
+    return attach_per_scene(result, lines) if lines else result
 
 
 def write_examples(root: str | Path, seed: int = 1, n_aligned: int = 2, n_conflicting: int = 4,
@@ -290,43 +395,3 @@ def _examples_readme(records: list[dict], pairing: dict[str, str], seed: int) ->
         lines.append(f"| `{r['file']}` | {r['split']} | {r['object']} | {r['colour']} | {r['background']} | "
                      f"{r['training_background']} | {r['background_trains'] or '-'} |")
     return "\n".join(lines) + "\n"
-
-
-# File stem of each method's bundled prompt set; "dapt" alone means the ground-truth mask cue.
-PROMPT_SET_STEMS = {
-    "coop": "synth-coop",
-    "coop+dapt-mask": "synth-coop-dapt",
-    "coop+dapt-gradcam": "synth-coop-dapt-gradcam",
-    "maple": "synth-maple",
-    "maple+dapt-mask": "synth-maple-dapt",
-    "maple+dapt-gradcam": "synth-maple-dapt-gradcam",
-}
-
-
-def train_prompt_sets(out_dir: str | Path, cfg: BenchConfig, *, backbone: Backbone | None = None,
-                      report: Reporter | None = None) -> list[Path]:
-    """Train the configured methods on the task of ``(cfg.seeds[0], cfg.shots[0])`` and save each as a prompt set.
-
-    Files are ``out_dir/<PROMPT_SET_STEMS[method]>.safetensors``; their metadata holds the training and DAPT
-    settings and the benchmark metrics of that run (accuracies in percent, attention in [0, 1]).
-    """
-    trainable = [m for m in cfg.methods if METHODS[m].trained]
-    if not trainable:
-        raise ValueError(f"methods: none of {list(cfg.methods)} is trained; nothing to save")
-    cfg = replace(cfg, methods=tuple(trainable))
-    backbone = backbone or load_backbone(cfg.backbone, weights_path=cfg.weights, device=cfg.device)
-    seed, shots = cfg.seeds[0], cfg.shots[0]
-    out_dir = Path(out_dir)
-    written: list[Path] = []
-
-    def save(method: Method, learner: PromptLearner, metrics: dict, history: list[dict]) -> None:
-        train_meta = {**asdict(cfg.train_config(seed)), "data": f"synth spurious task, seed {seed}",
-                      "shots": shots, "n_test_per_class": cfg.n_test,
-                      "pairing": spurious_pairing(seed, *task_names(cfg)), "history": history}
-        dapt = cfg.dapt(method.cue) if method.cue != "off" else None
-        path = out_dir / f"{PROMPT_SET_STEMS[method.name]}.safetensors"
-        written.append(save_prompt_set(learner, path, dapt=dapt, train_config=train_meta, metrics=metrics,
-                                       name=PROMPT_SET_STEMS[method.name]))
-
-    run_task_methods(backbone, cfg, seed, shots, on_trained=save, report=report)
-    return written

@@ -1,4 +1,5 @@
-"""The background-shift benchmark's run records summed up: means over seeds, the summary line, merged runs."""
+"""The background-shift benchmark's run records summed up: means and 95% intervals over seeds, the summary line,
+merged runs, and the conflicting scenes at chosen quantiles of a DAPT-minus-base attention difference."""
 
 from __future__ import annotations
 
@@ -11,11 +12,50 @@ import numpy as np
 SUMMARY_FIELDS = ("aligned_acc", "balanced_acc", "conflicting_acc", "object_attention", "pointing_game")
 
 
+CI_LEVEL = 0.95  # two-sided level of the intervals over seeds
+
+
+def t_quantile(df: int, level: float = CI_LEVEL) -> float:
+    """The ``t`` with P(|T| <= t) = ``level`` for Student's t with ``df`` degrees of freedom (2.0 0.95: 4.303).
+
+    Uses the closed forms of P(|T| <= t) for whole ``df`` (Abramowitz & Stegun 26.7.3-4) and bisection.
+    """
+    if isinstance(df, bool) or not isinstance(df, int) or df < 1:
+        raise ValueError(f"df: expected an integer >= 1, got {df!r}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level: expected a value in (0, 1), got {level}")
+    low, high = 0.0, 1.0
+    while _t_within(high, df) < level:
+        high *= 2.0
+    for _ in range(200):
+        mid = (low + high) / 2.0
+        low, high = (mid, high) if _t_within(mid, df) < level else (low, mid)
+    return (low + high) / 2.0
+
+
+def _t_within(t: float, df: int) -> float:
+    """P(|T| <= t) for Student's t with ``df`` degrees of freedom (A&S 26.7.3 for odd ``df``, 26.7.4 for even)."""
+    theta = math.atan(t / math.sqrt(df))
+    cos2 = math.cos(theta) ** 2
+    term = series = 1.0
+    if df % 2 == 0:
+        for k in range(1, df // 2):
+            term *= (2 * k - 1) / (2 * k) * cos2
+            series += term
+        return math.sin(theta) * series
+    for k in range(1, (df - 1) // 2):
+        term *= (2 * k) / (2 * k + 1) * cos2
+        series += term
+    tail = math.sin(theta) * math.cos(theta) * series if df > 1 else 0.0
+    return 2.0 / math.pi * (theta + tail)
+
+
 def aggregate(records: list[dict]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
-    """Mean and sample standard deviation (ddof=1; 0 for one seed) over seeds.
+    """Mean, sample standard deviation (ddof=1; 0 for one seed) and 95% t interval of the mean over seeds.
 
     Returns:
-        ``{shots: {method: {metric: {"mean", "std", "n"}}}}`` with shots as a string key.
+        ``{shots: {method: {metric: {"mean", "std", "n", "ci95"}}}}`` with shots as a string key; ``ci95`` is
+        ``[low, high]``, None with fewer than two seeds.
     """
     grouped: dict[tuple[int, str], list[dict]] = {}
     for r in records:
@@ -28,7 +68,10 @@ def aggregate(records: list[dict]) -> dict[str, dict[str, dict[str, dict[str, fl
             values = np.array([r[k] for r in runs], dtype=np.float64)
             values = values[~np.isnan(values)]
             std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-            stats[k] = {"mean": float(values.mean()) if len(values) else math.nan, "std": std, "n": len(values)}
+            mean = float(values.mean()) if len(values) else math.nan
+            half = t_quantile(len(values) - 1) * std / math.sqrt(len(values)) if len(values) > 1 else None
+            stats[k] = {"mean": mean, "std": std, "n": len(values),
+                        "ci95": None if half is None else [mean - half, mean + half]}
         out.setdefault(str(shots), {})[method] = stats
     return out
 
@@ -72,3 +115,69 @@ def merge_results(results: Sequence[dict]) -> dict:
                 summary=aggregate(records), tasks_done=len(done),
                 tasks_total=len(results[0]["config"]["shots"]) * len(seeds),
                 seconds=round(sum(r["seconds"] for r in results), 1))
+
+
+PER_SCENE_KEY = "per_scene"  # a run record's values per conflicting scene (kept beside the main JSON on disk)
+
+
+def split_per_scene(result: dict) -> tuple[dict, list[dict]]:
+    """The result without its records' per-scene values, and those values as one line per record (with the
+    record's shots, seed and method)."""
+    lines = [{"shots": r["shots"], "seed": r["seed"], "method": r["method"], PER_SCENE_KEY: r[PER_SCENE_KEY]}
+             for r in result.get("runs", []) if PER_SCENE_KEY in r]
+    runs = [{k: v for k, v in r.items() if k != PER_SCENE_KEY} for r in result.get("runs", [])]
+    return (dict(result, runs=runs) if "runs" in result else dict(result)), lines
+
+
+def attach_per_scene(result: dict, lines: Sequence[dict]) -> dict:
+    """The result with each record's per-scene values put back from `split_per_scene`'s lines.
+
+    Raises:
+        ValueError: a line names a (shots, seed, method) the result has no record of.
+    """
+    by_key = {(line["shots"], line["seed"], line["method"]): line[PER_SCENE_KEY] for line in lines}
+    runs = []
+    for r in result["runs"]:
+        key = (r["shots"], r["seed"], r["method"])
+        runs.append(dict(r, **{PER_SCENE_KEY: by_key.pop(key)}) if key in by_key else r)
+    if by_key:
+        raise ValueError(f"per-scene values of runs the result does not hold: {sorted(by_key)}")
+    return dict(result, runs=runs)
+
+
+def quantile_picks(differences: Sequence[float], quantiles: Sequence[float]) -> list[int]:
+    """Per quantile q, the index of the value of rank ``q * (n - 1)`` (rounded half up) among the n finite
+    differences in ascending order (ties keep their order): a scene at that quantile, never an interpolation."""
+    d = np.asarray(differences, dtype=np.float64)
+    finite = np.flatnonzero(~np.isnan(d))
+    if not len(finite):
+        raise ValueError("quantile_picks: no finite difference to rank")
+    order = finite[np.argsort(d[finite], kind="stable")]
+    bad = [q for q in quantiles if not 0.0 <= q <= 1.0]
+    if bad:
+        raise ValueError(f"quantiles: each must lie in [0, 1], got {bad}")
+    return [int(order[math.floor(q * (len(order) - 1) + 0.5)]) for q in quantiles]
+
+
+def scenes_at_quantiles(result: dict, base: str, dapt: str, shots: int, seed: int, *, key: str = "object_attention",
+                        quantiles: Sequence[float] = (0.5, 0.9)) -> list[dict]:
+    """The conflicting scenes at given quantiles of the per-scene difference ``dapt - base`` in ``key``, within
+    the task of (seed, shots): a rule to pick example scenes by, instead of picking them by eye.
+
+    Returns:
+        Per quantile: ``quantile``, ``index`` (the scene's position in the task's test_conflicting split, which
+        ``bench_task`` rebuilds from the seed), ``label``, ``background``, ``base``, ``dapt`` and ``difference``.
+
+    Raises:
+        ValueError: the result holds no per-scene values of one of the two runs.
+    """
+    runs = {r["method"]: r for r in result["runs"] if r["shots"] == shots and r["seed"] == seed}
+    missing = [m for m in (base, dapt) if PER_SCENE_KEY not in runs.get(m, {})]
+    if missing:
+        raise ValueError(f"no per-scene values of {missing} at shots={shots}, seed={seed}")
+    values = {m: np.asarray(runs[m][PER_SCENE_KEY][key], dtype=np.float64) for m in (base, dapt)}
+    scenes = runs[dapt][PER_SCENE_KEY]
+    differences = values[dapt] - values[base]
+    return [{"quantile": q, "index": i, "label": scenes["label"][i], "background": scenes["background"][i],
+             "base": float(values[base][i]), "dapt": float(values[dapt][i]), "difference": float(differences[i])}
+            for q, i in zip(quantiles, quantile_picks(differences, quantiles))]

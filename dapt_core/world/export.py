@@ -9,6 +9,7 @@ Layout for ``export_imagefolder(scenes, "data/train")``::
 A mask has the same relative path under the mask root as its image under the image root, which is
 the layout `dapt_core.data.masks.MaskFolder(mask_root, image_root)` reads. `export_task` writes every split
 of a `SpuriousTask` as ``root/<split>/<object>/<index>.png`` under one image root and one mask root.
+`export_arrays` writes the same layout from plain image and mask arrays, for scenes of another world.
 
 Every file is written to a temporary name in its final folder and renamed into place, so a crash
 never leaves a half-written file; metadata.jsonl is written last, so its presence means the export
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,12 +66,11 @@ def _check_empty(folder: Path, argument: str) -> None:
         raise FileExistsError(f"{argument}: {folder} already exists and is not an empty folder; choose a new one")
 
 
-def _check_scene(scene: Scene, index: int) -> None:
-    image, mask = scene.image, scene.mask
+def _check_arrays(image: np.ndarray, mask: np.ndarray, names: tuple[str, str]) -> None:
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"scenes[{index}].image: expected (H, W, 3) uint8, got {image.shape} {image.dtype}")
+        raise ValueError(f"{names[0]}: expected (H, W, 3) uint8, got {image.shape} {image.dtype}")
     if mask.dtype != bool or mask.shape != image.shape[:2]:
-        raise ValueError(f"scenes[{index}].mask: expected {image.shape[:2]} bool, got {mask.shape} {mask.dtype}")
+        raise ValueError(f"{names[1]}: expected {image.shape[:2]} bool, got {mask.shape} {mask.dtype}")
 
 
 def export_imagefolder(
@@ -92,34 +92,60 @@ def export_imagefolder(
         FileExistsError: a root holds files already (files are never overwritten).
         ValueError: a scene's image or mask has the wrong shape or dtype.
     """
+    records = [{"object": s.object, "background": s.background, "colour": s.colour, "caption": s.caption}
+               for s in scenes]
+    return _export([(s.image, s.mask) for s in scenes], records, root, mask_root,
+                   lambda i: (f"scenes[{i}].image", f"scenes[{i}].mask"))
+
+
+def export_arrays(
+    images: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    records: Sequence[dict],
+    root: str | os.PathLike,
+    mask_root: str | os.PathLike | None = None,
+) -> ImageFolderExport:
+    """Write images as ``root/<record["object"]>/<index>.png`` with masks under `mask_root`, the layout of
+    `export_imagefolder`, for scenes that are not `Scene` objects (another world's).
+
+    Args:
+        images: (H, W, 3) uint8 RGB images.
+        masks: (H, W) bool object masks, one per image.
+        records: one per image, at least ``object`` (the class folder); metadata.jsonl gets each after its path.
+        root: image root; must not exist yet or be an empty folder.
+        mask_root: mask root; default `default_mask_root(root)`. Same emptiness rule.
+
+    Raises:
+        FileExistsError: a root holds files already.
+        ValueError: the three sequences differ in length, or an image or mask has the wrong shape or dtype.
+    """
+    if not len(images) == len(masks) == len(records):
+        raise ValueError(f"images, masks and records must be as many, got {len(images)}, {len(masks)}, {len(records)}")
+    return _export(list(zip(images, masks)), records, root, mask_root, lambda i: (f"images[{i}]", f"masks[{i}]"))
+
+
+def _export(arrays: Sequence[tuple[np.ndarray, np.ndarray]], records: Sequence[dict], root: str | os.PathLike,
+            mask_root: str | os.PathLike | None, names: Callable[[int], tuple[str, str]]) -> ImageFolderExport:
+    """Write (image, mask) pairs under their record's ``object`` folder; ``names(i)`` names pair i in errors."""
     root = Path(root)
     mask_root = default_mask_root(root) if mask_root is None else Path(mask_root)
     if root.resolve() == mask_root.resolve():
         raise ValueError(f"mask_root: must differ from root, both are {root}")
     _check_empty(root, "root")
     _check_empty(mask_root, "mask_root")
-    for index, scene in enumerate(scenes):
-        _check_scene(scene, index)
+    for index, (image, mask) in enumerate(arrays):
+        _check_arrays(image, mask, names(index))
     root.mkdir(parents=True, exist_ok=True)
     mask_root.mkdir(parents=True, exist_ok=True)
-    records, paths = [], []
-    for index, scene in enumerate(scenes):
-        relative = Path(scene.object) / f"{index:0{_INDEX_DIGITS}d}.png"
+    lines, paths = [], []
+    for index, ((image, mask), record) in enumerate(zip(arrays, records)):
+        relative = Path(record["object"]) / f"{index:0{_INDEX_DIGITS}d}.png"
         image_path, mask_path = root / relative, mask_root / relative
-        write_bytes_atomic(image_path, _encode_png(np.ascontiguousarray(scene.image[..., ::-1]), image_path))
-        write_bytes_atomic(mask_path, _encode_png(scene.mask.astype(np.uint8) * _MASK_ON, mask_path))
-        records.append(
-            {
-                "path": relative.as_posix(),
-                "object": scene.object,
-                "background": scene.background,
-                "colour": scene.colour,
-                "caption": scene.caption,
-            }
-        )
+        write_bytes_atomic(image_path, _encode_png(np.ascontiguousarray(image[..., ::-1]), image_path))
+        write_bytes_atomic(mask_path, _encode_png(mask.astype(np.uint8) * _MASK_ON, mask_path))
+        lines.append(json.dumps({"path": relative.as_posix(), **record}) + "\n")
         paths.append(image_path)
-    lines = "".join(json.dumps(record) + "\n" for record in records)
-    write_bytes_atomic(root / METADATA_NAME, lines.encode("utf-8"))
+    write_bytes_atomic(root / METADATA_NAME, "".join(lines).encode("utf-8"))
     return ImageFolderExport(image_root=root, mask_root=mask_root, image_paths=tuple(paths))
 
 

@@ -7,6 +7,7 @@ missing. ``DAPT_E2E_SCREENSHOT=docs/screenshot.png`` also copies the screenshot 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -41,8 +42,17 @@ def page_url(tmp_path_factory, tiny_backbone):
     save_prompt_set(build_learner("coop", tiny_backbone, classes, n_ctx=2), root / "prompts" / "coop.safetensors")
     save_prompt_set(build_learner("coop", tiny_backbone, classes, n_ctx=2, init_std=0.2),
                     root / "prompts" / "coop-dapt.safetensors", dapt=DaptConfig(cue="gradcam"))
+    examples = root / "examples"  # one example whose manifest gives it a note, as the web bundle's do
+    examples.mkdir()
+    scene = render_scene(classes[1], "sky", 64, np.random.default_rng(5))
+    Image.fromarray(scene.image).save(examples / "scene.png")
+    Image.fromarray(scene.mask.astype(np.uint8) * 255).save(examples / "scene_mask.png")
+    # the web bundle's maps: the relevance map first, the one its numbers rank by (not the best measured, eigencam)
+    (examples / "examples.json").write_text(json.dumps({"cam_methods": ["relevance", "gradcam"], "examples": [
+        {"file": "scene.png", "mask": "scene_mask.png", "caption": "the picked scene",
+         "note": "**its own numbers**: share 0.123"}]}))
     demo = app.build_app(tiny_backbone, banner="Backbone `tiny-vit` has random weights (end-to-end test).",
-                         bundled_dir=root / "prompts", user_dir=root / "user", examples_dir=root / "none")
+                         bundled_dir=root / "prompts", user_dir=root / "user", examples_dir=examples)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -77,3 +87,25 @@ def test_upload_compare_and_screenshot(page_url, tmp_path):
     if target:
         Path(target).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shot, target)
+
+
+def test_a_picked_example_shows_its_note_and_exact_mask(page_url):
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.set_default_timeout(PAGE_TIMEOUT_MS)
+            page.goto(page_url)
+            assert page.locator("#example-note").inner_text().strip() == ""
+            page.get_by_text("the picked scene").click()
+            page.locator("#example-note strong").wait_for()
+            note = page.locator("#example-note").inner_text()
+            page.get_by_text("Options", exact=True).click()
+            exact = page.get_by_label("exact", exact=False)
+            exact.wait_for()
+            checked = exact.is_checked()
+            method = page.get_by_label("Attribution method").input_value()
+        finally:
+            browser.close()
+    assert "its own numbers: share 0.123" in note and checked
+    assert method.startswith("relevance")  # the map the examples' numbers were measured with
