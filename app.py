@@ -97,7 +97,7 @@ class Handlers(support.AppServices):
 
 
 # every handler the page calls, except suggest_segmenter (it catches its own errors)
-GUARDED = ("segmenter_note", "example_note", "compare", "add_images", "make_masks", "clear_images", "train",
+GUARDED = ("segmenter_note", "example_note", "suggest_target", "compare", "add_images", "make_masks", "clear_images", "train",
            "cancel", "prompt_sets", "refresh", "upload_prompt_set", "download_prompt_set")
 for _name in GUARDED:
     setattr(Handlers, _name, _guard(getattr(Handlers, _name)))
@@ -148,6 +148,7 @@ def _compare_tab(h: Handlers, listed: support.CatalogView, device: str) -> gr.Ch
                 summary = gr.JSON(label="Results")
     image.change(h.suggest_segmenter, [image, segmenter], segmenter, preprocess=False, **QUIET)
     image.change(h.example_note, image, example_note, preprocess=False, **QUIET)
+    image.change(h.suggest_target, [image, target], target, preprocess=False, **QUIET)
     for trigger in (image.change, segmenter.change):
         trigger(h.segmenter_note, [image, segmenter], seg_note, preprocess=False, **QUIET)
     run.click(h.compare, [image, sets, classes, segmenter, cam_method, target],

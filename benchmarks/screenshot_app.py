@@ -1,8 +1,10 @@
-"""Screenshot of the offline app on synth-mini: start `python app.py --backbone synth-mini`, compare the bundled prompt
-sets on one example image (the offline fallback is synth-web; the default example is one of synth-mini's scenes).
+"""Screenshot of the offline app: start `python app.py --backbone B` (synth-web, the offline fallback, by default),
+compare the default prompt sets on one example image of that backbone's world.
 
-    python benchmarks/screenshot_app.py [--example 02_conflicting_triangle_on_sky_256.png] [--out docs/screenshot.png]
-        [--all-tabs]
+    python benchmarks/screenshot_app.py [--backbone synth-web] [--example FILE] [--out docs/screenshot.png] [--all-tabs]
+
+The default example: on synth-web, the scene its example manifest picked at the 90th percentile of the DAPT-minus-base
+difference (``assets/examples_web/examples.json``); on synth-mini, ``02_conflicting_triangle_on_sky_256.png``.
 
 ``--all-tabs`` also saves beside ``--out`` the compare tab with its accordions open (``<out>-options.png``),
 the tuning tab with the zip source and the mask cue chosen, so every hidden part shows (``<out>-tuning.png``),
@@ -14,6 +16,7 @@ Needs Chromium (`apt-get install chromium`; `DAPT_CHROMIUM` overrides the path) 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import subprocess
@@ -26,6 +29,8 @@ from playwright import sync_api
 
 ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 120
+EXAMPLE_FOLDERS = {"synth-web": ROOT / "assets" / "examples_web", "synth-mini": ROOT / "assets" / "examples"}
+SHOWN_QUANTILE = 0.9  # synth-web's default example: the scene picked at this quantile
 PAGE_TIMEOUT_MS = 120_000
 
 
@@ -62,19 +67,27 @@ def shoot_other_tabs(page, out: Path) -> None:
     page.screenshot(path=str(out.with_name(f"{out.stem}-prompts.png")), full_page=True)
 
 
+def default_example(backbone: str) -> str:
+    """synth-web: the manifest's scene at SHOWN_QUANTILE; synth-mini: its conflicting triangle."""
+    if backbone == "synth-mini":
+        return "02_conflicting_triangle_on_sky_256.png"
+    manifest = json.loads((EXAMPLE_FOLDERS[backbone] / "examples.json").read_text(encoding="utf-8"))
+    return next(e["file"] for e in manifest["examples"] if e["quantile"] == SHOWN_QUANTILE)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--example", default="02_conflicting_triangle_on_sky_256.png",
-                        help="file in assets/examples to compare on")
+    parser.add_argument("--backbone", choices=tuple(EXAMPLE_FOLDERS), default="synth-web")
+    parser.add_argument("--example", default=None, help="file in the backbone's example folder to compare on")
     parser.add_argument("--out", default=str(ROOT / "docs" / "screenshot.png"))
     parser.add_argument("--port", type=int, default=7871)
     parser.add_argument("--all-tabs", action="store_true", help="also screenshot the tuning and prompts tabs")
     args = parser.parse_args()
-    example = ROOT / "assets" / "examples" / args.example
+    example = EXAMPLE_FOLDERS[args.backbone] / (args.example or default_example(args.backbone))
     if not example.is_file():
         parser.error(f"--example: {example} does not exist")
     url = f"http://127.0.0.1:{args.port}"
-    proc = subprocess.Popen([sys.executable, "app.py", "--backbone", "synth-mini", "--port", str(args.port)], cwd=ROOT,
+    proc = subprocess.Popen([sys.executable, "app.py", "--backbone", args.backbone, "--port", str(args.port)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for_server(url, proc)

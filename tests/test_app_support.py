@@ -453,3 +453,20 @@ def test_examples_follow_the_backbone(tiny_backbone):
     assert example_dir_for(named("ViT-B-16")) == PHOTO_DIR
     photos = Examples(PHOTO_DIR)
     assert {e.image.name for e in photos.items} == {"astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg"}
+
+
+def test_a_noted_example_fills_in_its_true_class_and_another_picture_clears_it(tmp_path):
+    _png(tmp_path / "00_x.png", size=8), _png(tmp_path / "01_y.png", size=8, colour=90)
+    manifest = {"cam_methods": ["relevance"], "examples": [
+        {"file": "00_x.png", "object": "arrow", "note": "arrow's numbers"},
+        {"file": "01_y.png", "object": "oval"}]}  # no note: nothing measured to reproduce, nothing filled in
+    (tmp_path / "examples.json").write_text(json.dumps(manifest))
+    examples = support.Examples(tmp_path)
+    other = tmp_path / "upload.png"
+    _png(other, size=8, colour=200)
+    assert examples.target(tmp_path / "00_x.png", "") == "arrow"
+    assert examples.target(tmp_path / "00_x.png", "cat") == "arrow"
+    assert examples.target(tmp_path / "01_y.png", "cat") == "cat"
+    assert examples.target(other, "arrow") == ""  # what an example filled in goes with it
+    assert examples.target(other, "cat") == "cat"  # what the visitor typed stays
+    assert examples.target(None, "cat") == "cat"

@@ -258,3 +258,11 @@ def test_bench_command_passes_the_ablation_flags(monkeypatch):
     assert options["detach_background_view"] is True and options["dapt_weights"] == (0.0, 0.1, 0.5)
     plain = bench_cli._options(build_parser().parse_args(["bench", "synth"]))
     assert plain["detach_background_view"] is False and plain["dapt_weights"] is None
+
+
+def test_each_world_has_its_own_readme_block():
+    from dapt_core.experiments.background_shift_report import README_MARKERS, WEB_README_MARKERS, readme_markers
+
+    assert readme_markers({"config": {"world": "web"}}) == WEB_README_MARKERS
+    assert readme_markers({"config": {"world": "synth"}}) == readme_markers({"config": {}}) == README_MARKERS
+    assert WEB_README_MARKERS != README_MARKERS

@@ -55,6 +55,10 @@ class AppServices:
     def segmenter_note(self, image: Any, segmenter: str) -> str:
         return self.comparer.segmenter_note(image, segmenter)
 
+    def suggest_target(self, image: Any, target: str) -> str:
+        """The class to explain: a picked example's true class (its numbers are that class's maps), else as typed."""
+        return self.examples.target(upload_path(image), target or "")
+
     def example_note(self, image: Any) -> str:
         """The picked example's own numbers beside the benchmark's (markdown); "" for any other picture."""
         return self.examples.note(upload_path(image))

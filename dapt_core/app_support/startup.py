@@ -126,6 +126,7 @@ class Example:
     label: str  # caption under the thumbnail
     mask: Path | None  # its exact object mask (255 = object), when known
     note: str | None = None  # markdown shown when it is picked: its own numbers beside the benchmark's
+    true_class: str | None = None  # the class its noted numbers explain (the manifest's object), when it has a note
 
 
 class Examples:
@@ -172,7 +173,8 @@ class Examples:
         note = entry.get("note")
         if note is not None and not isinstance(note, str):
             raise TypeError(f"{entry['file']}: its note is not text")
-        return Example(view, label, folder / entry["mask"] if entry.get("mask") else None, note)
+        true_class = entry.get("object") if note is not None and isinstance(entry.get("object"), str) else None
+        return Example(view, label, folder / entry["mask"] if entry.get("mask") else None, note, true_class)
 
     def exact_mask(self, path: Path) -> np.ndarray | None:
         """The exact (H, W) bool object mask of an upload that is one of the examples, else None."""
@@ -181,14 +183,28 @@ class Examples:
         mask_path = self._masks.get(_digest(path))
         return None if mask_path is None else read_mask_file(mask_path) >= MASK_THRESHOLD
 
+    def target(self, path: Path | None, current: str) -> str:
+        """The class to explain for a new picture: a noted example's true class (its numbers are that class's
+        maps); for any other picture ``current``, unless ``current`` is one an example filled in (then "")."""
+        found = self._find(path)
+        if found is not None and found.true_class:
+            return found.true_class
+        filled = {e.true_class for e in self._by_digest.values() if e.true_class}
+        return "" if current.strip() in filled else current
+
+    def _find(self, path: Path | None) -> Example | None:
+        if path is None or not self._by_digest:
+            return None
+        try:
+            return self._by_digest.get(_digest(path))
+        except OSError:  # an upload that is gone meanwhile
+            return None
+
     def note(self, path: Path | None) -> str:
         """The note of an upload that is one of the examples (its numbers, in markdown), else ``""``."""
-        if path is None or not any(e.note for e in self._by_digest.values()):
+        if not any(e.note for e in self._by_digest.values()):
             return ""
-        try:
-            found = self._by_digest.get(_digest(path))
-        except OSError:  # an upload that is gone meanwhile
-            return ""
+        found = self._find(path)
         return (found.note or "") if found is not None else ""
 
 

@@ -130,8 +130,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_bench_examples)
 
     p = bsub.add_parser("synth-readme", help="copy the benchmark table into README.md",
-                        description="Replace the lines between README.md's synth-bench markers with the table and "
-                                    "DAPT deltas of one shot count of a `bench synth` result.")
+                        description="Replace the lines between README.md's synth-bench markers (web-bench for a "
+                                    "web-world result) with the table and DAPT deltas of one shot count of a "
+                                    "`bench synth` result.")
     p.add_argument("--result", default=str(DEFAULT_RESULTS_DIR / f"{FULL_NAME}.json"),
                    help="result JSON; default: docs/results/synth_bench.json")
     p.add_argument("--shots", type=int, default=None, help="shot count to show; default: the largest")
@@ -287,12 +288,13 @@ def run_bench_examples(args: argparse.Namespace) -> int:
 
 
 def run_bench_readme(args: argparse.Namespace) -> int:
-    from dapt_core.experiments.background_shift_report import readme_block, replace_marked
+    from dapt_core.experiments.background_shift_report import readme_block, readme_markers, replace_marked
     from dapt_core.fileio import write_bytes_atomic
 
     result = _read_result(args.result)
     readme = Path(args.readme)
-    text = replace_marked(readme.read_text(encoding="utf-8"), readme_block(result, args.shots))
+    text = replace_marked(readme.read_text(encoding="utf-8"), readme_block(result, args.shots),
+                          readme_markers(result))
     write_bytes_atomic(readme, text.encode("utf-8"))
     log.info("updated %s from %s", readme, args.result)
     return 0

@@ -215,6 +215,12 @@ def markdown_report(result: dict, findings: str | None = None, command: str | No
 
 
 README_MARKERS = ("<!-- synth-bench table: start -->", "<!-- synth-bench table: end -->")
+WEB_README_MARKERS = ("<!-- web-bench table: start -->", "<!-- web-bench table: end -->")
+
+
+def readme_markers(result: dict) -> tuple[str, str]:
+    """The README block a result's table goes to: one per world."""
+    return WEB_README_MARKERS if result["config"].get("world", "synth") == "web" else README_MARKERS
 
 
 def readme_block(result: dict, shots: int | None = None) -> str:
