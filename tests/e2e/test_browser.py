@@ -7,10 +7,12 @@ missing. ``DAPT_E2E_SCREENSHOT=docs/screenshot.png`` also copies the screenshot 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +51,7 @@ def page_url(tmp_path_factory, tiny_backbone):
     Image.fromarray(scene.mask.astype(np.uint8) * 255).save(examples / "scene_mask.png")
     # the web bundle's maps: the relevance map first, the one its numbers rank by (not the best measured, eigencam)
     (examples / "examples.json").write_text(json.dumps({"cam_methods": ["relevance", "gradcam"], "examples": [
-        {"file": "scene.png", "mask": "scene_mask.png", "caption": "the picked scene",
+        {"file": "scene.png", "mask": "scene_mask.png", "caption": "the picked scene", "object": classes[1],
          "note": "**its own numbers**: share 0.123"}]}))
     demo = app.build_app(tiny_backbone, banner="Backbone `tiny-vit` has random weights (end-to-end test).",
                          bundled_dir=root / "prompts", user_dir=root / "user", examples_dir=examples)
@@ -61,26 +63,33 @@ def page_url(tmp_path_factory, tiny_backbone):
     demo.close()
 
 
-def test_upload_compare_and_screenshot(page_url, tmp_path):
-    scene = render_scene(OBJECT_CLASSES[0], "grass", 128, np.random.default_rng(3))
-    picture = tmp_path / "scene.png"
-    Image.fromarray(scene.image).save(picture)
-    shot = tmp_path / "screenshot.png"
+@contextlib.contextmanager
+def _page(url: str) -> Iterator:
+    """A headless Chromium page open at ``url``, closed afterwards."""
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
             page.set_default_timeout(PAGE_TIMEOUT_MS)
-            page.goto(page_url)
-            page.locator("#compare-image input[type=file]").set_input_files(str(picture))
-            page.locator("#compare-image img").first.wait_for()
-            page.locator("#compare-run").click()
-            overlays = page.locator("#compare-gallery img")
-            overlays.nth(1).wait_for()
-            captions = page.locator("#compare-gallery").inner_text()
-            page.screenshot(path=str(shot), full_page=True)
+            page.goto(url)
+            yield page
         finally:
             browser.close()
+
+
+def test_upload_compare_and_screenshot(page_url, tmp_path):
+    scene = render_scene(OBJECT_CLASSES[0], "grass", 128, np.random.default_rng(3))
+    picture = tmp_path / "scene.png"
+    Image.fromarray(scene.image).save(picture)
+    shot = tmp_path / "screenshot.png"
+    with _page(page_url) as page:
+        page.locator("#compare-image input[type=file]").set_input_files(str(picture))
+        page.locator("#compare-image img").first.wait_for()
+        page.locator("#compare-run").click()
+        overlays = page.locator("#compare-gallery img")
+        overlays.nth(1).wait_for()
+        captions = page.locator("#compare-gallery").inner_text()
+        page.screenshot(path=str(shot), full_page=True)
     assert "coop: on-object" in captions and "coop-dapt: on-object" in captions
     assert Image.open(shot).size[0] >= 1400
     target = os.environ.get("DAPT_E2E_SCREENSHOT")
@@ -90,22 +99,17 @@ def test_upload_compare_and_screenshot(page_url, tmp_path):
 
 
 def test_a_picked_example_shows_its_note_and_exact_mask(page_url):
-    with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=BROWSER_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.set_default_timeout(PAGE_TIMEOUT_MS)
-            page.goto(page_url)
-            assert page.locator("#example-note").inner_text().strip() == ""
-            page.get_by_text("the picked scene").click()
-            page.locator("#example-note strong").wait_for()
-            note = page.locator("#example-note").inner_text()
-            page.get_by_text("Options", exact=True).click()
-            exact = page.get_by_label("exact", exact=False)
-            exact.wait_for()
-            checked = exact.is_checked()
-            method = page.get_by_label("Attribution method").input_value()
-        finally:
-            browser.close()
+    with _page(page_url) as page:
+        assert page.locator("#example-note").inner_text().strip() == ""
+        page.get_by_text("the picked scene").click()
+        page.locator("#example-note strong").wait_for()
+        note = page.locator("#example-note").inner_text()
+        page.get_by_text("Options", exact=True).click()
+        exact = page.get_by_label("exact", exact=False)
+        exact.wait_for()
+        checked = exact.is_checked()
+        method = page.get_by_label("Attribution method").input_value()
+        explained = page.get_by_label("Explain class").input_value()
     assert "its own numbers: share 0.123" in note and checked
     assert method.startswith("relevance")  # the map the examples' numbers were measured with
+    assert explained == OBJECT_CLASSES[1]  # the class its numbers explain, filled in
