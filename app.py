@@ -49,6 +49,8 @@ QUEUE_MAX_SIZE = 64  # requests waiting in Gradio's queue before new ones are tu
 GRADIO_CACHE_S = (3600, 6 * 3600)  # Gradio's copies of uploads: checked hourly, deleted after six hours
 SOURCES = [("the synthetic shapes task (exact masks)", "synthetic"), ("a zip with one folder per class", "zip"),
            ("images added below, class by class", "images")]
+SYNTHETIC_LABELS = {"web": "the web world's rehomed task (24 classes, exact masks)",
+                    "synth": "the synthetic shapes task (exact masks)"}  # the "synthetic" source, by its world
 SETS_INFO = "two or more, e.g. CoOp and CoOp + DAPT"
 NO_SETS_INFO = ("no prompt set for this backbone yet: train one under Few-shot tuning, or upload one under Model and "
                 "prompts")
@@ -163,7 +165,9 @@ def _tuning_tab(h: Handlers) -> tuple[gr.Button, gr.Button, list, list]:
     folder = gr.State(None)  # this visitor's image folder, as images are added class by class
     with gr.Row():
         with gr.Column(scale=1):
-            source = gr.Radio(SOURCES, value="synthetic", label="Labelled images")
+            world = support.synthetic_world(h.backbone)
+            choices = [(SYNTHETIC_LABELS[world], "synthetic"), *SOURCES[1:]]
+            source = gr.Radio(choices, value="synthetic", label="Labelled images")
             zip_file = gr.File(label="Zip: one folder of images per class", file_types=[".zip"], visible=False)
             with gr.Accordion("Add images class by class", visible=False) as by_class:
                 files = gr.File(label="Images of one class", file_count="multiple", file_types=["image"])

@@ -365,6 +365,38 @@ def test_synthetic_run_saves_an_evaluated_prompt_set(tmp_path, tiny_backbone):
     assert info.label == "CoOp + DAPT (mask)" and info.meta["train"]["shots"] == 1
 
 
+def test_synthetic_source_on_synth_web_is_its_worlds_task(tmp_path, tiny_backbone, monkeypatch):
+    from dapt_core.app_support import training
+    from dapt_core.experiments.bias_worlds import web_task
+    from dapt_core.world.web_shapes import WEB_OBJECT_CLASSES
+
+    assert support.synthetic_world(tiny_backbone) == "synth"
+    monkeypatch.setattr(training, "WEB_BACKBONE", tiny_backbone.name)  # tiny-vit standing in for synth-web
+    assert support.synthetic_world(tiny_backbone) == "web"
+    catalog = support.PromptCatalog(tiny_backbone, tmp_path / "none", tmp_path / "user")
+    req = support.TrainRequest(source="synthetic", learner="coop", cue="mask", shots=1, epochs=1, name="web run",
+                               synth_test_per_class=1, seed=3)
+    seen = {}
+    real = training.train_prompts
+
+    def spy(learner, samples, cfg, dapt, masks=None, **kwargs):
+        seen["samples"], seen["masks"] = samples, masks
+        return real(learner, samples, cfg, dapt, masks=masks, **kwargs)
+
+    monkeypatch.setattr(training, "train_prompts", spy)
+    result = support.run_training(req, tiny_backbone, catalog, tmp_path / "work")
+    info = catalog.get("user/web-run").info
+    assert info.meta["classnames"] == list(WEB_OBJECT_CLASSES) and "rehomed web task" in result.note
+    task = web_task(3, 1, 1, 64, variant="rehomed")
+    samples = seen["samples"]
+    assert [s.label for s in samples] == task.train.labels.tolist()
+    for index in (0, len(samples) - 1):  # each written scene and mask, read back, is the task's
+        image = np.asarray(Image.open(samples[index].path).convert("RGB"))
+        assert (image == task.train.images[index]).all()
+        assert (seen["masks"].get(index, samples[index]) > 0.5).tolist() == task.train.masks[index].tolist()
+    assert set(result.metrics) == {"aligned_accuracy", "conflicting_accuracy", "balanced_accuracy"}
+
+
 def test_folder_run_holds_out_images_only_when_every_class_has_some(tmp_path, tiny_backbone):
     catalog = support.PromptCatalog(tiny_backbone, tmp_path / "none", tmp_path / "user")
     root = tmp_path / "images"

@@ -50,7 +50,7 @@ from dapt_core.app_support.trainer import (
     step_record,
 )
 from dapt_core.app_support.training import (
-    MAX_EPOCHS, TrainRequest, TrainResult, dapt_config, requested_epochs, run_training,
+    MAX_EPOCHS, TrainRequest, TrainResult, dapt_config, requested_epochs, run_training, synthetic_world,
 )
 from dapt_core.app_support.uploads import (
     NO_IMAGES_YET,
@@ -77,5 +77,4 @@ __all__ = [
     "example_dir_for", "extract_labelled_zip", "folder_summary", "format_share", "guarded", "install_note",
     "load_picture", "loss_figure", "parse_classnames", "present", "progress_text", "remove_dead_temp_folders",
     "request_from_form", "requested_epochs", "run_training", "shrink_for_display", "slugify", "step_record",
-    "upload_name", "upload_path", "user_message"
-]
+    "synthetic_world", "upload_name", "upload_path", "user_message"]

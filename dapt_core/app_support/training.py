@@ -27,6 +27,7 @@ from dapt_core.train import (
 log = logging.getLogger(__name__)
 
 SOURCES = ("synthetic", "folder")
+WEB_BACKBONE = "synth-web"  # the backbone whose "synthetic" source is the web world's task
 SYNTH_IMAGE_SIZE = 64  # side of the synthetic scenes (images are resized to the backbone's input anyway)
 SYNTH_TEST_SPLITS = ("test_aligned", "test_conflicting", "test_balanced")
 MAX_SHOTS = 64
@@ -104,6 +105,35 @@ def dapt_config(cue: str, epochs: int, cam_method: str = DEFAULT_METHOD) -> Dapt
     return DaptConfig(cue=cue, switch_epoch=scaled_switch_epoch(epochs), cam_method=method)
 
 
+def synthetic_world(backbone: Backbone) -> str:
+    """The world of the "synthetic" source: synth-web's own task for a backbone trained on that world (its
+    prompt sets are of that world's classes), the flat-shapes spurious task for every other backbone."""
+    return "web" if backbone.name == WEB_BACKBONE else "synth"
+
+
+def _web_data(req: TrainRequest, workdir: Path):
+    """The web world's rehomed task (the benchmark's and the bundled prompt sets'), exported as image folders."""
+    from dapt_core.experiments.bias_worlds import TEST_SPLITS, build_task
+    from dapt_core.world.export import export_arrays
+
+    task = build_task("web", req.seed, int(req.shots), req.synth_test_per_class, SYNTH_IMAGE_SIZE, variant="rehomed")
+    classnames = list(task.classnames)
+
+    def export(split: str, scenes) -> tuple:
+        names = [classnames[int(label)] for label in scenes.labels]
+        records = [{"object": name, "background": bg} for name, bg in zip(names, scenes.backgrounds)]
+        written = export_arrays(scenes.images, scenes.masks, records, workdir / "web" / split)
+        return written, [Sample(path, classnames.index(name), name) for path, name in zip(written.image_paths, names)]
+
+    train_export, train = export("train", task.train)
+    masks = MaskFolder(train_export.mask_root, train_export.image_root) if req.cue == "mask" else None
+    tests = {split.removeprefix("test_"): export(split, task.tests[split])[1] for split in TEST_SPLITS}
+    note = (f"held-out scenes of the rehomed web task, {req.synth_test_per_class} per class: aligned (object on a "
+            "background usual for it in this data set), conflicting (on a background usual for it nowhere), "
+            "balanced (any background)")
+    return classnames, train, masks, tests, note
+
+
 def _synthetic_data(req: TrainRequest, workdir: Path):
     from dapt_core.world import export_task, make_task
 
@@ -156,7 +186,8 @@ def run_training(req: TrainRequest, backbone: Backbone, catalog: PromptCatalog, 
     """
     req.validate()
     if req.source == "synthetic":
-        classnames, train, masks, tests, note = _synthetic_data(req, workdir)
+        load = _web_data if synthetic_world(backbone) == "web" else _synthetic_data
+        classnames, train, masks, tests, note = load(req, workdir)
     else:
         classnames, train, masks, tests, note = _folder_data(req)
     seed_everything(req.seed)  # the prompts' initial values too: the same request trains the same prompt set
