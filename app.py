@@ -99,8 +99,8 @@ class Handlers(support.AppServices):
 
 
 # every handler the page calls, except suggest_segmenter (it catches its own errors)
-GUARDED = ("segmenter_note", "example_note", "suggest_target", "compare", "add_images", "make_masks", "clear_images", "train",
-           "cancel", "prompt_sets", "refresh", "upload_prompt_set", "download_prompt_set")
+GUARDED = ("segmenter_note", "example_note", "suggest_target", "compare", "add_images", "make_masks", "clear_images",
+           "train", "cancel", "prompt_sets", "refresh", "upload_prompt_set", "download_prompt_set")
 for _name in GUARDED:
     setattr(Handlers, _name, _guard(getattr(Handlers, _name)))
 

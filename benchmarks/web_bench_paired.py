@@ -16,10 +16,8 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from dapt_core.experiments.background_shift_results import t_quantile  # noqa: E402
+from dapt_core.experiments.background_shift_results import paired_difference  # noqa: E402
 
 PAIRS = (("coop", "coop+dapt-mask"), ("coop", "coop+dapt-gradcam"), ("maple", "maple+dapt-mask"),
          ("maple", "maple+dapt-gradcam"))
@@ -29,15 +27,11 @@ METRICS = (("conflicting_acc", "conflicting acc (points)", 1), ("balanced_acc", 
 
 
 def paired(base: dict, dapt: dict, metric: str) -> tuple[float, float, float] | None:
-    """Mean and 95% interval of dapt - base over the seeds both have."""
-    seeds = sorted(set(base) & set(dapt))
-    values = [dapt[s][metric] - base[s][metric] for s in seeds
-              if metric in dapt[s] and metric in base[s] and dapt[s][metric] is not None
-              and base[s][metric] is not None]
-    if len(values) < 2:
+    """Mean and 95% interval of dapt - base over the seeds both have (None with fewer than two)."""
+    found = paired_difference(base, dapt, metric)
+    if found is None or found["ci95"] is None:
         return None
-    mean, half = float(np.mean(values)), t_quantile(len(values) - 1) * float(np.std(values, ddof=1)) / len(values) ** 0.5
-    return mean, mean - half, mean + half
+    return found["mean"], *found["ci95"]
 
 
 def table(runs: dict, shots: int, pairs, label: str) -> list[str]:

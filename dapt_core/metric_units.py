@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 
 PERCENT, FRACTION, COUNT = "percent", "fraction", "count"
 METRIC_UNITS: dict[str, str] = {
@@ -29,6 +30,12 @@ METRIC_UNITS: dict[str, str] = {
 MAP_SEPARATOR = "@"  # "<metric>@<attribution map>"
 PERCENT_SUFFIX = "_accuracy"  # the app's held-out accuracies: "<split>_accuracy", in percent
 PERCENT_DECIMALS, FRACTION_DECIMALS = 1, 2
+
+
+def map_metric_key(cam_methods: Sequence[str], metric: str, cam_method: str) -> str:
+    """The record key of a metric of one attribution map, in a run that measured ``cam_methods``: plain for the first
+    map, ``<metric>@<map>`` for the others."""
+    return metric if cam_method == cam_methods[0] else f"{metric}{MAP_SEPARATOR}{cam_method}"
 
 
 def metric_unit(key: str) -> str | None:

@@ -16,7 +16,6 @@ from dapt_core.attention.descriptions import DEFAULT_METHOD
 from dapt_core.backbones import Backbone
 from dapt_core.checkpoint import save_prompt_set
 from dapt_core.data.folders import few_shot, load_imagefolder
-from dapt_core.data.records import Sample
 from dapt_core.learners import build_learner, list_learners
 from dapt_core.data.masks import MaskFolder
 from dapt_core.objective import CUES, DaptConfig, scaled_switch_epoch
@@ -111,47 +110,28 @@ def synthetic_world(backbone: Backbone) -> str:
     return "web" if backbone.name == WEB_BACKBONE else "synth"
 
 
-def _web_data(req: TrainRequest, workdir: Path):
-    """The web world's rehomed task (the benchmark's and the bundled prompt sets'), exported as image folders."""
-    from dapt_core.experiments.bias_worlds import TEST_SPLITS, build_task
-    from dapt_core.world.export import export_arrays
-
-    task = build_task("web", req.seed, int(req.shots), req.synth_test_per_class, SYNTH_IMAGE_SIZE, variant="rehomed")
-    classnames = list(task.classnames)
-
-    def export(split: str, scenes) -> tuple:
-        names = [classnames[int(label)] for label in scenes.labels]
-        records = [{"object": name, "background": bg} for name, bg in zip(names, scenes.backgrounds)]
-        written = export_arrays(scenes.images, scenes.masks, records, workdir / "web" / split)
-        return written, [Sample(path, classnames.index(name), name) for path, name in zip(written.image_paths, names)]
-
-    train_export, train = export("train", task.train)
-    masks = MaskFolder(train_export.mask_root, train_export.image_root) if req.cue == "mask" else None
-    tests = {split.removeprefix("test_"): export(split, task.tests[split])[1] for split in TEST_SPLITS}
-    note = (f"held-out scenes of the rehomed web task, {req.synth_test_per_class} per class: aligned (object on a "
-            "background usual for it in this data set), conflicting (on a background usual for it nowhere), "
-            "balanced (any background)")
-    return classnames, train, masks, tests, note
+# what the held-out scenes of each world's synthetic task are (the run's note)
+SYNTHETIC_NOTES = {
+    "synth": "held-out synthetic scenes, {n} per class: aligned (object on its training background), conflicting (on "
+             "another class's background), balanced (any background)",
+    "web": "held-out scenes of the rehomed web task, {n} per class: aligned (object on a background usual for it in "
+           "this data set), conflicting (on a background usual for it nowhere), balanced (any background)",
+}
 
 
-def _synthetic_data(req: TrainRequest, workdir: Path):
-    from dapt_core.world import export_task, make_task
+def _synthetic_data(req: TrainRequest, workdir: Path, world: str):
+    """The world's synthetic task (synth: the spurious shapes task; web: the benchmark's rehomed task), written as
+    image folders with exact masks and read back as the benchmark reads it."""
+    from dapt_core.experiments.background_shift_tasks import load_task
+    from dapt_core.experiments.bias_worlds import build_task
 
-    task = make_task(req.seed, int(req.shots), size=SYNTH_IMAGE_SIZE, n_test=req.synth_test_per_class)
-    exports = export_task(task, workdir / "synth")
-    classnames = list(task.classnames)
-
-    def samples(split: str) -> list[Sample]:
-        scenes = getattr(task, split)
-        return [Sample(path, classnames.index(scene.object), scene.object)
-                for scene, path in zip(scenes, exports[split].image_paths)]
-
-    train = exports["train"]
-    masks = MaskFolder(train.mask_root, train.image_root) if req.cue == "mask" else None
-    tests = {split.removeprefix("test_"): samples(split) for split in SYNTH_TEST_SPLITS}
-    note = (f"held-out synthetic scenes, {req.synth_test_per_class} per class: aligned (object on its training "
-            "background), conflicting (on another class's background), balanced (any background)")
-    return classnames, samples("train"), masks, tests, note
+    variant = "rehomed" if world == "web" else "home"
+    task = build_task(world, req.seed, int(req.shots), req.synth_test_per_class, SYNTH_IMAGE_SIZE, variant=variant)
+    data = load_task(task, workdir / world)
+    masks = data.masks["train"] if req.cue == "mask" else None
+    tests = {split.removeprefix("test_"): data.samples[split] for split in SYNTH_TEST_SPLITS}
+    note = SYNTHETIC_NOTES[world].format(n=req.synth_test_per_class)
+    return list(task.classnames), data.samples["train"], masks, tests, note
 
 
 def _folder_data(req: TrainRequest):
@@ -186,8 +166,7 @@ def run_training(req: TrainRequest, backbone: Backbone, catalog: PromptCatalog, 
     """
     req.validate()
     if req.source == "synthetic":
-        load = _web_data if synthetic_world(backbone) == "web" else _synthetic_data
-        classnames, train, masks, tests, note = load(req, workdir)
+        classnames, train, masks, tests, note = _synthetic_data(req, workdir, synthetic_world(backbone))
     else:
         classnames, train, masks, tests, note = _folder_data(req)
     seed_everything(req.seed)  # the prompts' initial values too: the same request trains the same prompt set

@@ -50,7 +50,7 @@ from dapt_core.experiments.background_shift_tasks import TaskData, from_spurious
 from dapt_core.experiments.bias_worlds import TEST_SPLITS, DownstreamTask
 from dapt_core.learners import build_learner
 from dapt_core.learners.base import PromptLearner
-from dapt_core.metric_units import MAP_SEPARATOR
+from dapt_core.metric_units import MAP_SEPARATOR, map_metric_key
 from dapt_core.objective import DaptConfig, scaled_switch_epoch
 from dapt_core.train import TrainConfig, predict, seed_everything, train_prompts
 from dapt_core.world.scenes import DEFAULT_SCENE_CONFIG
@@ -204,8 +204,8 @@ class BenchConfig:
         return {"ctx_init": self.coop_ctx_init, **({"class_specific": True} if self.coop_class_specific else {})}
 
     def attention_key(self, metric: str, cam_method: str) -> str:
-        """The record key of an attention metric of one map: plain for the first map, ``metric@method`` else."""
-        return metric if cam_method == self.cam_methods[0] else f"{metric}{MAP_SEPARATOR}{cam_method}"
+        """The record key of an attention metric of one map (:func:`~dapt_core.metric_units.map_metric_key`)."""
+        return map_metric_key(self.cam_methods, metric, cam_method)
 
 
 QUICK_SHOTS = (4,)

@@ -4,7 +4,7 @@ merged runs, and the conflicting scenes at chosen quantiles of a DAPT-minus-base
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -74,6 +74,15 @@ def aggregate(records: list[dict]) -> dict[str, dict[str, dict[str, dict[str, fl
                         "ci95": None if half is None else [mean - half, mean + half]}
         out.setdefault(str(shots), {})[method] = stats
     return out
+
+
+def paired_difference(base: Mapping[int, dict], dapt: Mapping[int, dict], key: str) -> dict | None:
+    """``dapt[seed][key] - base[seed][key]`` over the seeds where both have a value, summed up as :func:`aggregate`
+    sums up a metric (mean, std, n, 95% t interval); None when no seed has both."""
+    rows = [{"shots": 0, "seed": seed, "method": "difference", "value": float(dapt[seed][key] - base[seed][key])}
+            for seed in sorted(base.keys() & dapt.keys())
+            if base[seed].get(key) is not None and dapt[seed].get(key) is not None]
+    return aggregate(rows)["0"]["difference"]["value"] if rows else None
 
 
 def summary_line(aggregated: dict, shots: int) -> dict[str, dict[str, float]]:

@@ -40,10 +40,10 @@ from dapt_core.experiments.background_shift import (
     run_task_methods,
 )
 from dapt_core.experiments.background_shift_prompts import prompt_set_saver, prompt_set_stem
-from dapt_core.experiments.background_shift_results import PER_SCENE_KEY, aggregate, scenes_at_quantiles
+from dapt_core.experiments.background_shift_results import PER_SCENE_KEY, paired_difference, scenes_at_quantiles
 from dapt_core.experiments.bias_worlds import DownstreamTask
 from dapt_core.learners.base import PromptLearner
-from dapt_core.metric_units import MAP_SEPARATOR
+from dapt_core.metric_units import map_metric_key
 
 BUNDLE_METHODS = ("coop", "coop+dapt-mask", "maple", "maple+dapt-mask")  # the prompt sets bundled for the app
 # (base, DAPT) whose difference ranks the scenes: MaPLe, the method the official DAPT wraps (fixed before the
@@ -77,9 +77,7 @@ def bundle_config(seed: int = 1, shots: int = 16, **overrides) -> BenchConfig:
 def share_key(cfg_cams: Sequence[str], cam: str) -> str | None:
     """The record key of the energy share of map ``cam`` in a run whose maps are ``cfg_cams`` (the first map's is
     plain, the others' ``object_attention@<map>``); None when the run did not measure that map."""
-    if cam not in cfg_cams:
-        return None
-    return SHARE_KEY if cam == cfg_cams[0] else f"{SHARE_KEY}{MAP_SEPARATOR}{cam}"
+    return map_metric_key(cfg_cams, SHARE_KEY, cam) if cam in cfg_cams else None
 
 
 def check_pick(cfg: BenchConfig, pair: Sequence[str], quantiles: Sequence[float]) -> None:
@@ -157,16 +155,11 @@ def benchmark_aggregate(result: dict, cfg: BenchConfig, pair: Sequence[str], sou
 
 def _paired_difference(runs: list[dict], shots: int, pair: Sequence[str], keys: dict[str, str | None]) -> dict:
     """Per map, the statistics over seeds of DAPT minus base (the seeds where both ran)."""
-    base, dapt = pair
-    by_seed: dict[int, dict[str, dict]] = {}
-    for r in runs:
-        if r["shots"] == shots and r["method"] in pair:
-            by_seed.setdefault(r["seed"], {})[r["method"]] = r
+    base, dapt = ({r["seed"]: r for r in runs if r["shots"] == shots and r["method"] == m} for m in pair)
     out = {}
     for cam, key in keys.items():
-        paired = [{"shots": shots, "seed": seed, "method": "difference", "value": float(m[dapt][key] - m[base][key])}
-                  for seed, m in sorted(by_seed.items()) if key and len(m) == 2 and key in m[base]]
-        out[cam] = _stats(aggregate(paired)[str(shots)]["difference"]["value"]) if paired else None
+        found = paired_difference(base, dapt, key) if key else None
+        out[cam] = _stats(found) if found else None
     return out
 
 
