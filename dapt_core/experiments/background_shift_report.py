@@ -13,7 +13,6 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -22,6 +21,7 @@ from dapt_core.fileio import write_bytes_atomic
 from dapt_core.metric_units import MAP_SEPARATOR
 from dapt_core.viz.figure import save_figure
 from dapt_core.experiments.background_shift_results import attach_per_scene, split_per_scene
+from dapt_core.world.export import write_example_images
 from dapt_core.world.shapes import PoseConfig
 from dapt_core.world.task import make_task
 from dapt_core.world.web import DEFAULT_WEB_CONFIG
@@ -358,13 +358,8 @@ def write_examples(root: str | Path, seed: int = 1, n_aligned: int = 2, n_confli
     records = []
     for i, (split, scene) in enumerate(picks):
         stem = f"{i:02d}_{split}_{scene.object}_on_{scene.background}"
-        image = np.ascontiguousarray(scene.image[..., ::-1])
-        view = cv2.resize(image, (EXAMPLE_VIEW_SIZE, EXAMPLE_VIEW_SIZE), interpolation=cv2.INTER_NEAREST)
-        for suffix, array in (("", image), ("_mask", scene.mask.astype(np.uint8) * 255), ("_256", view)):
-            ok, buffer = cv2.imencode(".png", array)
-            if not ok:
-                raise ValueError(f"{root / stem}{suffix}.png: PNG encoding failed")
-            (root / f"{stem}{suffix}.png").write_bytes(buffer.tobytes())
+        write_example_images(root, (f"{stem}.png", f"{stem}_mask.png", f"{stem}_256.png"), scene.image, scene.mask,
+                             EXAMPLE_VIEW_SIZE)
         records.append({"file": f"{stem}.png", "mask": f"{stem}_mask.png", "view": f"{stem}_256.png",
                         "split": split, "object": scene.object, "background": scene.background,
                         "training_background": task.pairing[scene.object],

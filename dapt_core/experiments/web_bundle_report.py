@@ -20,15 +20,13 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
-import numpy as np
-
 from dapt_core.backbones import get_backbone_spec
 from dapt_core.experiments.background_shift import BenchConfig
 from dapt_core.experiments.background_shift_prompts import prompt_set_stem
 from dapt_core.experiments.bias_worlds import DownstreamTask
 from dapt_core.experiments.web_bundle import PICK_RULE, SPLIT, scene_numbers
 from dapt_core.fileio import write_bytes_atomic
+from dapt_core.world.export import write_example_images
 from dapt_core.world.web import HOME_BACKGROUNDS
 
 MANIFEST_FORMAT = "dapt-examples"
@@ -170,13 +168,6 @@ def build_manifest(cfg: BenchConfig, task: DownstreamTask, records: list[dict], 
     return manifest
 
 
-def _png(array: np.ndarray) -> bytes:
-    ok, buffer = cv2.imencode(".png", array)
-    if not ok:
-        raise ValueError("PNG encoding failed")
-    return buffer.tobytes()
-
-
 def write_examples(root: str | Path, manifest: dict, task: DownstreamTask) -> list[Path]:
     """Writes each picked scene (native PNG, ``_mask.png`` 0/255, ``_256.png`` nearest-neighbour copy), the
     manifest and the README under ``root``, and removes the scenes of an earlier manifest there that this one does
@@ -187,11 +178,9 @@ def write_examples(root: str | Path, manifest: dict, task: DownstreamTask) -> li
     scenes = task.tests[SPLIT]
     written = []
     for entry in manifest["examples"]:
-        image = np.ascontiguousarray(scenes.images[entry["scene_index"]][..., ::-1])  # RGB -> OpenCV's BGR
-        mask = scenes.masks[entry["scene_index"]].astype(np.uint8) * 255
-        view = cv2.resize(image, (VIEW_SIZE, VIEW_SIZE), interpolation=cv2.INTER_NEAREST)
-        for name, array in ((entry["file"], image), (entry["mask"], mask), (entry["enlarged"], view)):
-            written.append(write_bytes_atomic(root / name, _png(array)))
+        index = entry["scene_index"]
+        written += write_example_images(root, (entry["file"], entry["mask"], entry["enlarged"]), scenes.images[index],
+                                        scenes.masks[index], VIEW_SIZE)
     text = json.dumps(manifest, indent=1, ensure_ascii=False) + "\n"
     written.append(write_bytes_atomic(root / MANIFEST_NAME, text.encode("utf-8")))
     written.append(write_bytes_atomic(root / "README.md", readme(manifest).encode("utf-8")))

@@ -61,6 +61,17 @@ def _encode_png(array: np.ndarray, path: Path) -> bytes:
     return buffer.tobytes()
 
 
+def write_example_images(root: Path, names: tuple[str, str, str], image: np.ndarray, mask: np.ndarray,
+                         view_size: int) -> list[Path]:
+    """One example scene as three PNGs under ``root``, named ``names``: the (H, W, 3) RGB ``image`` as it is, its
+    ``mask`` as 0 / 255, and a nearest-neighbour ``view_size`` copy of the image for viewing; each written to a
+    temporary name and renamed into place. Returns the three paths."""
+    bgr = np.ascontiguousarray(image[..., ::-1])
+    view = cv2.resize(bgr, (view_size, view_size), interpolation=cv2.INTER_NEAREST)
+    arrays = (bgr, mask.astype(np.uint8) * _MASK_ON, view)
+    return [write_bytes_atomic(root / name, _encode_png(array, root / name)) for name, array in zip(names, arrays)]
+
+
 def _check_empty(folder: Path, argument: str) -> None:
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise FileExistsError(f"{argument}: {folder} already exists and is not an empty folder; choose a new one")
