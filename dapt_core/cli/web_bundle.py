@@ -17,17 +17,12 @@ from pathlib import Path
 from dapt_core import paths
 from dapt_core.cli.common import CAM_METHOD_NAMES, DAPT_SCHEDULES, add_backbone_args, print_json
 from dapt_core.constants import OFFICIAL_EPOCHS
+from dapt_core.experiments.web_bundle_rule import BUNDLE_CAMS, BUNDLE_METHODS, PICK_PAIR, PICK_QUANTILES
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PROMPTS_DIR = paths.CHECKPOINT_DIR / "prompts"
 DEFAULT_EXAMPLES_DIR = paths.ASSETS_DIR / "examples_web"
-# spelt here so that building the parser imports nothing heavy; tests check them against
-# dapt_core.experiments.web_bundle's BUNDLE_METHODS, PICK_PAIR, PICK_QUANTILES and BUNDLE_CAMS
-BUNDLE_METHODS = ("coop", "coop+dapt-mask", "maple", "maple+dapt-mask")
-PICK_PAIR = ("maple", "maple+dapt-mask")
-PICK_QUANTILES = (0.1, 0.5, 0.9)
-BUNDLE_CAMS = ("relevance", "gradcam")
 DEFAULT_N_TEST = 20  # the gates' (GateSettings.n_test) and the web benchmark's as the README runs it
 
 

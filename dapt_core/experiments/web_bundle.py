@@ -42,17 +42,10 @@ from dapt_core.experiments.background_shift import (
 from dapt_core.experiments.background_shift_prompts import prompt_set_saver, prompt_set_stem
 from dapt_core.experiments.background_shift_results import PER_SCENE_KEY, paired_difference, scenes_at_quantiles
 from dapt_core.experiments.bias_worlds import DownstreamTask
+from dapt_core.experiments.web_bundle_rule import BUNDLE_CAMS, BUNDLE_METHODS, PICK_PAIR, PICK_QUANTILES
 from dapt_core.learners.base import PromptLearner
 from dapt_core.metric_units import map_metric_key
 
-BUNDLE_METHODS = ("coop", "coop+dapt-mask", "maple", "maple+dapt-mask")  # the prompt sets bundled for the app
-# (base, DAPT) whose difference ranks the scenes: MaPLe, the method the official DAPT wraps (fixed before the
-# benchmark's result was seen; docs/results/web_bench_settings.md)
-PICK_PAIR = ("maple", "maple+dapt-mask")
-PICK_QUANTILES = (0.1, 0.5, 0.9)
-# the relevance map first: the map of the gates' attention registration v3, the one that ranked their control
-# prompt sets the right way; Grad-CAM second: the issue's map and DAPT's coarse cue
-BUNDLE_CAMS = ("relevance", "gradcam")
 SPLIT = "test_conflicting"  # the split the examples come from: every object on a background home to it in no map
 SHARE_KEY = "object_attention"  # the per-scene energy share in the benchmark's records
 PICK_RULE = ("the conflicting test scenes of the task are ranked by the difference DAPT minus base in the share of "
