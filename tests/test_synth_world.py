@@ -275,3 +275,21 @@ def test_export_task_mirrors_images_and_masks(tmp_path):
         assert result.mask_root == tmp_path / "task_masks" / split
         assert sorted(p.name for p in result.image_root.iterdir() if p.is_dir()) == ["circle", "star"]
         assert _same_scenes(load_scenes(result.image_root, result.mask_root), getattr(task, split))
+
+
+def test_example_images_read_back_as_given(tmp_path):
+    from PIL import Image
+
+    from dapt_core.world.export import write_example_images
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    image[0, 0] = (250, 10, 40)  # channels that differ: an RGB/BGR swap shows
+    mask = np.zeros((8, 8), bool)
+    mask[2:5, 1:4] = True
+    paths = write_example_images(tmp_path, ("a.png", "a_mask.png", "a_big.png"), image, mask, 32)
+    assert [p.name for p in paths] == ["a.png", "a_mask.png", "a_big.png"]
+    assert (np.asarray(Image.open(paths[0])) == image).all()
+    assert (np.asarray(Image.open(paths[1])) == mask.astype(np.uint8) * 255).all()
+    big = np.asarray(Image.open(paths[2]))
+    assert big.shape == (32, 32, 3) and (big[::4, ::4] == image).all() and (big[3::4, 3::4] == image).all()

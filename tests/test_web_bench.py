@@ -266,3 +266,17 @@ def test_each_world_has_its_own_readme_block():
     assert readme_markers({"config": {"world": "web"}}) == WEB_README_MARKERS
     assert readme_markers({"config": {"world": "synth"}}) == readme_markers({"config": {}}) == README_MARKERS
     assert WEB_README_MARKERS != README_MARKERS
+
+
+def test_paired_difference_is_dapt_minus_base_on_the_seeds_both_have():
+    from dapt_core.experiments.background_shift_results import paired_difference, t_quantile
+
+    base = {1: {"x": 10.0}, 2: {"x": 20.0}, 3: {"x": 30.0}, 4: {"x": 0.0}}
+    dapt = {1: {"x": 11.0}, 2: {"x": 23.0}, 3: {"x": 32.0}, 5: {"x": 99.0}}  # seeds 4 and 5: one side only
+    found = paired_difference(base, dapt, "x")
+    assert found["n"] == 3 and found["mean"] == pytest.approx(2.0) and found["std"] == pytest.approx(1.0)
+    half = t_quantile(2) / 3 ** 0.5
+    assert found["ci95"] == pytest.approx([2.0 - half, 2.0 + half])
+    dapt[3]["x"] = None  # a seed without a value on one side is left out
+    assert paired_difference(base, dapt, "x")["n"] == 2
+    assert paired_difference(base, {7: {"x": 1.0}}, "x") is None
